@@ -1,0 +1,73 @@
+"""What the runner hands to every source and sink, and the helper that loads optional drivers."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Protocol
+
+from zetl.errors import NotInstalledError
+from zetl.events import TableId
+
+__all__ = ["PluginContext", "Progress", "TableSelector", "require"]
+
+
+class TableSelector(Protocol):
+    """Decides which tables an integration replicates (the YAML ``tables`` section)."""
+
+    def matches(self, table: TableId) -> bool: ...
+
+
+class _AllTables:
+    def matches(self, table: TableId) -> bool:
+        return True
+
+
+class Progress(Protocol):
+    """Receives snapshot progress: rows done and the estimated total (None when unknown)."""
+
+    def __call__(self, table: TableId, done: int, total: int | None) -> None: ...
+
+
+def _no_progress(table: TableId, done: int, total: int | None) -> None:
+    return None
+
+
+@dataclass
+class PluginContext:
+    """Everything a plugin may use besides its own config.
+
+    Attributes:
+        integration: the integration's name (unique per daemon; use it for slot names, server ids,
+            checkpoint rows).
+        tables: the table selection; sources must not read tables it rejects.
+        state_dir: a directory the plugin may keep local files in (exists).
+        logger: the integration's logger.
+        progress: called by sources while snapshotting.
+        config_file: the YAML file the integration came from (None in library use).
+    """
+
+    integration: str = "default"
+    tables: TableSelector = field(default_factory=_AllTables)
+    state_dir: Path = field(default_factory=lambda: Path(".zetl"))
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("zetl"))
+    progress: Callable[[TableId, int, int | None], None] = _no_progress
+    config_file: Path | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def require(module: str, *, extra: str, what: str) -> ModuleType:
+    """Import an optional dependency or explain how to install it.
+
+    Raises:
+        NotInstalledError: ``"<what> not installed: pip install 'zetl[<extra>]'"``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise NotInstalledError(
+            f"{what} not installed: pip install 'zetl[{extra}]' (missing module {module!r}: {exc})", extra=extra
+        ) from exc

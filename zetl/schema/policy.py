@@ -1,0 +1,63 @@
+"""The ``schema_evolution`` section: what the planner may do when the source's schema changes.
+
+Behaviours (the Flink CDC vocabulary):
+
+* ``fail``: any change the target does not already have stops the integration.
+* ``evolve``: apply every change as the source made it; a change the sink cannot apply fails.
+* ``try_evolve``: like evolve, but a change the sink cannot apply is skipped with a warning.
+* ``lenient`` (default): add columns nullable; never drop (a dropped source column becomes
+  nullable in the target); a rename keeps the old column and adds the new one; an incompatible
+  type change adds a new column instead of breaking readers.
+* ``ignore``: never change the target; rows are written to the columns that exist.
+
+``include``/``exclude`` restrict the change kinds considered (``add.column``, ``drop.column``,
+``rename.column``, ``alter.column.type``, ``create.table``, ``drop.table``, ``truncate.table``);
+an excluded kind is skipped. ``tables`` overrides the policy for tables matching a pattern.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from zetl.tables import compile_pattern
+
+__all__ = ["Behavior", "ChangeKind", "EvolutionPolicy", "SchemaEvolutionConfig"]
+
+Behavior = Literal["fail", "evolve", "try_evolve", "lenient", "ignore"]
+ChangeKind = Literal["add.column", "drop.column", "rename.column", "alter.column.type", "create.table", "drop.table", "truncate.table"]
+
+
+class EvolutionPolicy(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    behavior: Behavior = "lenient"
+    """What to do when the source's schema changes."""
+    include: list[ChangeKind] = Field(default_factory=list)
+    """Only these change kinds are considered (all when empty)."""
+    exclude: list[ChangeKind] = Field(default_factory=list)
+    """These change kinds are skipped."""
+
+    def allows(self, kind: str) -> bool:
+        if self.include and kind not in self.include and kind != "alter.column.nullability":
+            return False
+        return kind not in self.exclude
+
+
+class SchemaEvolutionConfig(EvolutionPolicy):
+    tables: dict[str, EvolutionPolicy] = Field(default_factory=dict)
+    """Per-table overrides: table pattern -> policy (first matching pattern wins)."""
+
+    @field_validator("tables")
+    @classmethod
+    def _patterns(cls, value: dict[str, EvolutionPolicy]) -> dict[str, EvolutionPolicy]:
+        for pattern in value:
+            compile_pattern(pattern)
+        return value
+
+    def for_table(self, table: object) -> EvolutionPolicy:
+        for pattern, policy in self.tables.items():
+            if compile_pattern(pattern).matches(str(table)):
+                return policy
+        return EvolutionPolicy(behavior=self.behavior, include=self.include, exclude=self.exclude)
