@@ -264,7 +264,8 @@ class RowChunk:
 
     Used for snapshot rows (``op`` READ) and bulk inserts, where building one ``ChangeEvent`` per
     row would cost more than the rest of the pipeline. Column names and types follow the table's
-    canonical schema. ``position`` is where the source is once the chunk is done.
+    canonical schema laid out as ``zetl.arrow.arrow_schema`` says (json and uuid as text).
+    ``position`` is where the source is once the chunk is done.
     """
 
     table: TableId
@@ -276,10 +277,16 @@ class RowChunk:
         return self.rows.num_rows
 
     def events(self) -> Iterator[ChangeEvent]:
-        """The rows as ``ChangeEvent`` objects, for sinks that work row by row."""
-        op = self.op
+        """The rows as ``ChangeEvent`` objects with canonical Python values (json decoded, uuid
+        as ``uuid.UUID``; see ``zetl.arrow``), for sinks that work row by row."""
+        from zetl.arrow import python_converters
+
+        converters = python_converters(self.rows.schema)
+        op, table, position = self.op, self.table, self.position
         for row in self.rows.to_pylist():
-            yield ChangeEvent(self.table, op, None, row, self.position)
+            for name, convert in converters.items():
+                row[name] = convert(row[name])
+            yield ChangeEvent(table, op, None, row, position)
 
 
 @dataclass(frozen=True, slots=True)
