@@ -1,14 +1,37 @@
 """The schema planner: the only place that decides which DDL a sink receives.
 
 ``plan(source, sink, policy)`` is pure: it compares the source's schema of a table with the
-sink's, and returns a ``SchemaPlan`` whose steps say, for every difference, what will be done and
-why. The daemon applies the plan's changes; ``zetl drift`` prints the same plan without applying.
+sink's and returns a ``SchemaPlan`` whose steps say, for every difference, what is done and why.
+The daemon applies the plan's changes; ``zetl drift`` prints the same plan without applying it,
+so the report can never disagree with the daemon.
+
+Every step is classified by what the *source* did, whatever the policy makes of it:
+
+* ``safe``: readers of the target keep working (create table, add column, widening, drop NOT NULL).
+* ``lossy``: data stops arriving or disappears (drop column).
+* ``breaking``: readers of the target break (rename, incompatible type change, drop table).
+
+How each behaviour treats a difference (an ``include``/``exclude`` miss always skips):
+
+==================  =========================================================================
+fail                every difference fails (``create.table`` of a missing table excepted)
+ignore              every difference is skipped; rows are written to the columns that exist
+evolve              the change is applied as the source made it; fails if the sink cannot
+try_evolve          like evolve; what the sink cannot apply is skipped with a warning
+lenient (default)   add nullable; a dropped column is kept (made nullable); a rename keeps the
+                    old column and adds the new one; an incompatible type change adds a column
+                    ``<name>__<type>`` (e.g. ``price__string``) and routes the values there
+==================  =========================================================================
+
+A table missing in the sink is created under every behaviour unless ``create.table`` is
+excluded: the behaviours govern how an existing target evolves. Added columns are always
+nullable in the target, because existing rows have no value for them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from zetl.errors import SchemaError
 from zetl.events import TableId
@@ -24,36 +47,83 @@ from zetl.schema.changes import (
     TruncateTable,
 )
 from zetl.schema.policy import EvolutionPolicy
-from zetl.schema.types import DataType, Field, Schema, TypeKind
+from zetl.schema.types import Field, Schema
+from zetl.schema.widening import can_widen, type_suffix
 
-__all__ = ["Classification", "Decision", "PlanStep", "SchemaPlan", "apply_change", "can_widen", "plan"]
+__all__ = [
+    "Classification",
+    "Decision",
+    "PlanStep",
+    "SchemaPlan",
+    "apply_change",
+    "can_widen",
+    "plan",
+    "redirect_column_name",
+]
 
 Classification = Literal["safe", "lossy", "breaking"]
 Decision = Literal["apply", "skip", "fail"]
 
+CLASSIFICATION_RANK: dict[str, int] = {"safe": 0, "lossy": 1, "breaking": 2}
+
+
+def _column_of(change: SchemaChange) -> str | None:
+    if isinstance(change, AddColumn):
+        return change.field.name
+    if isinstance(change, RenameColumn):
+        return change.new_name
+    return getattr(change, "column", None)
+
 
 @dataclass(frozen=True)
 class PlanStep:
-    """One difference and what is done about it.
+    """One difference between source and sink, and what is done about it.
 
-    ``change`` is what the sink is asked to apply (None when nothing is applied), ``detected``
-    what differs between source and sink.
+    ``detected`` is what differs (in source terms), ``changes`` what the sink is asked to apply
+    (empty unless ``decision`` is ``apply``), ``reason`` why, in words for logs and reports.
     """
 
     detected: SchemaChange
     decision: Decision
     classification: Classification
     reason: str
-    change: SchemaChange | None = None
+    changes: tuple[SchemaChange, ...] = ()
+
+    @property
+    def change(self) -> SchemaChange | None:
+        """The first change applied (None when nothing is applied)."""
+        return self.changes[0] if self.changes else None
+
+    @property
+    def column(self) -> str | None:
+        return _column_of(self.detected)
 
     def __str__(self) -> str:
-        return f"{self.decision}: {self.detected} [{self.classification}] ({self.reason})"
+        text = f"{self.decision}: {self.detected} [{self.classification}] ({self.reason})"
+        if self.changes and (len(self.changes) > 1 or self.changes[0] != self.detected):
+            text += " -> " + "; ".join(str(c) for c in self.changes)
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.detected.kind,
+            "column": self.column,
+            "detected": str(self.detected),
+            "decision": self.decision,
+            "classification": self.classification,
+            "reason": self.reason,
+            "changes": [str(c) for c in self.changes],
+        }
 
 
 @dataclass(frozen=True)
 class SchemaPlan:
-    """The plan for one table. ``target`` is the sink's schema once the plan is applied;
-    ``column_map`` sends a source column's values to another target column (None: dropped)."""
+    """The plan for one table.
+
+    ``target`` is the sink's schema once the plan is applied (None: no table). ``column_map``
+    sends a source column's values to another target column, or drops them (None); columns not
+    in it keep their name.
+    """
 
     table: TableId
     steps: tuple[PlanStep, ...]
@@ -62,7 +132,8 @@ class SchemaPlan:
 
     @property
     def changes(self) -> list[SchemaChange]:
-        return [s.change for s in self.steps if s.decision == "apply" and s.change is not None]
+        """Every change to apply, in order."""
+        return [c for s in self.steps if s.decision == "apply" for c in s.changes]
 
     @property
     def failures(self) -> list[PlanStep]:
@@ -73,34 +144,21 @@ class SchemaPlan:
         return not self.steps
 
     def raise_for_failures(self) -> None:
+        """Raise ``SchemaError`` for the first step the policy refuses."""
         if self.failures:
             first = self.failures[0]
-            column = getattr(first.detected, "column", None) or getattr(getattr(first.detected, "field", None), "name", None)
             raise SchemaError(
-                f"schema change refused on {self.table}: {first.detected} ({first.reason})",
+                f"schema change refused on {self.table}: {first.detected} ({first.reason}). "
+                "Change schema_evolution.behavior (or include/exclude) in the integration file, "
+                "or bring the target in line by hand; `zetl drift` shows every difference.",
                 table=str(self.table),
-                column=column,
+                column=first.column,
             )
 
 
-_INT_ORDER = {TypeKind.INT16: 0, TypeKind.INT32: 1, TypeKind.INT64: 2}
-
-
-def can_widen(old: DataType, new: DataType) -> bool:
-    """Whether every value of ``old`` is a value of ``new`` (the widening rules, in one place)."""
-    if old == new:
-        return True
-    if old.kind in _INT_ORDER and new.kind in _INT_ORDER:
-        return _INT_ORDER[old.kind] <= _INT_ORDER[new.kind]
-    if old.kind is TypeKind.FLOAT32 and new.kind is TypeKind.FLOAT64:
-        return True
-    if old.kind is TypeKind.DECIMAL and new.kind is TypeKind.DECIMAL:
-        return new.scale == old.scale and (new.precision or 0) >= (old.precision or 0)
-    if old.kind is TypeKind.STRING and new.kind is TypeKind.STRING:
-        return new.length is None or (old.length is not None and new.length >= old.length)
-    if old.kind is TypeKind.DATE and new.kind in (TypeKind.TIMESTAMP,):
-        return True
-    return False
+def redirect_column_name(column: str, new_type: Any) -> str:
+    """The column a lenient policy adds for an incompatible type change: ``price__string``."""
+    return f"{column}__{type_suffix(new_type)}"
 
 
 def apply_change(schema: Schema | None, change: SchemaChange) -> Schema | None:
@@ -133,6 +191,180 @@ def apply_change(schema: Schema | None, change: SchemaChange) -> Schema | None:
     return schema.replace_fields(fields)
 
 
+class _Planner:
+    def __init__(self, table: TableId, policy: EvolutionPolicy, can_apply: Callable[[SchemaChange], bool]) -> None:
+        self.table = table
+        self.policy = policy
+        self.can_apply = can_apply
+        self.steps: list[PlanStep] = []
+        self.column_map: dict[str, str | None] = {}
+
+    # -- helpers --------------------------------------------------------------------------
+    def step(self, detected: SchemaChange, decision: Decision, classification: Classification, reason: str, changes: Sequence[SchemaChange] = ()) -> PlanStep:
+        made = PlanStep(detected, decision, classification, reason, tuple(changes) if decision == "apply" else ())
+        self.steps.append(made)
+        return made
+
+    def gate(self, detected: SchemaChange, classification: Classification, outcome: str) -> PlanStep | None:
+        """The step for the policy-wide refusals (excluded kind, fail, ignore); None when the
+        behaviour's own rule decides. ``outcome`` says what happens when it is skipped."""
+        if not self.policy.allows(detected.kind):
+            return self.step(detected, "skip", classification, f"{detected.kind} is excluded by the policy; {outcome}")
+        if self.policy.behavior == "ignore":
+            return self.step(detected, "skip", classification, f"policy 'ignore'; {outcome}")
+        if self.policy.behavior == "fail":
+            return self.step(detected, "fail", classification, "policy 'fail' refuses every schema change")
+        return None
+
+    def appliable(self, changes: Sequence[SchemaChange]) -> SchemaChange | None:
+        """The first change the sink cannot apply (None: it can apply all)."""
+        return next((c for c in changes if not self.can_apply(c)), None)
+
+    def exact(self, detected: SchemaChange, classification: Classification, changes: Sequence[SchemaChange], outcome: str) -> PlanStep:
+        """evolve / try_evolve: apply as the source did, or fail / skip."""
+        refused = self.appliable(changes)
+        behavior = self.policy.behavior
+        if refused is None:
+            return self.step(detected, "apply", classification, f"policy '{behavior}'", changes)
+        if behavior == "evolve":
+            return self.step(detected, "fail", classification, f"policy 'evolve' and the sink cannot apply '{refused.kind}'")
+        return self.step(detected, "skip", classification, f"the sink cannot apply '{refused.kind}'; {outcome}")
+
+    # -- table level ----------------------------------------------------------------------
+    def drop_table(self, sink: Schema) -> Schema | None:
+        detected = DropTable(self.table)
+        outcome = "the table is kept in the target"
+        step = self.gate(detected, "breaking", outcome)
+        if step is None:
+            if self.policy.behavior == "lenient":
+                step = self.step(detected, "skip", "breaking", f"policy 'lenient' never drops; {outcome}")
+            else:
+                step = self.exact(detected, "breaking", [detected], outcome)
+        return None if step.decision == "apply" else sink
+
+    def create_table(self, source: Schema) -> Schema | None:
+        detected = CreateTable(self.table, source)
+        if not self.policy.allows(detected.kind):
+            self.step(detected, "skip", "safe", "create.table is excluded by the policy; rows of this table are not written")
+            return None
+        if not self.can_apply(detected):
+            self.step(detected, "fail", "safe", "the sink cannot create tables; create it by hand")
+            return None
+        self.step(detected, "apply", "safe", "the table does not exist in the target", [detected])
+        return source
+
+    # -- column level ---------------------------------------------------------------------
+    def add_column(self, source: Schema, f: Field, target: Schema) -> None:
+        detected = AddColumn(self.table, f, _after(source, f.name, target))
+        change = AddColumn(self.table, replace(f, nullable=True, primary_key=False), detected.after)
+        outcome = f"the values of {f.name} are not written"
+        step = self.gate(detected, "safe", outcome)
+        if step is None:
+            if self.policy.behavior == "lenient":
+                refused = self.appliable([change])
+                if refused is None:
+                    step = self.step(detected, "apply", "safe", "policy 'lenient': added as a nullable column", [change])
+                else:
+                    step = self.step(detected, "skip", "safe", f"the sink cannot apply 'add.column'; {outcome}")
+            else:
+                step = self.exact(detected, "safe", [change], outcome)
+        if step.decision != "apply":
+            self.column_map[f.name] = None
+
+    def rename_column(self, old: Field, new: Field, source: Schema, target: Schema) -> None:
+        detected = RenameColumn(self.table, old.name, new.name)
+        outcome = f"{old.name} is kept; the values of {new.name} are not written"
+        step = self.gate(detected, "breaking", outcome)
+        if step is None:
+            rename_ok = self.policy.behavior in ("evolve", "try_evolve") and self.can_apply(detected)
+            if rename_ok:
+                step = self.step(detected, "apply", "breaking", f"policy '{self.policy.behavior}'", [detected])
+            elif self.policy.behavior == "evolve":
+                step = self.step(detected, "fail", "breaking", "policy 'evolve' and the sink cannot apply 'rename.column'")
+            else:
+                changes: list[SchemaChange] = [AddColumn(self.table, replace(new, nullable=True, primary_key=False), _after(source, new.name, target))]
+                if not old.nullable:
+                    changes.append(MakeColumnNullable(self.table, old.name))
+                refused = self.appliable(changes)
+                why = "policy 'lenient'" if self.policy.behavior == "lenient" else "the sink cannot rename columns"
+                if refused is None:
+                    step = self.step(detected, "apply", "breaking", f"{why}: {old.name} is kept (null from now on) and {new.name} is added", changes)
+                else:
+                    step = self.step(detected, "fail", "breaking", f"{why}, and the sink cannot apply '{refused.kind}'")
+        if step.decision != "apply":
+            self.column_map[new.name] = None
+
+    def change_type(self, f: Field, existing: Field, sink: Schema) -> bool:
+        """Plan a type difference; returns True when the values now go to another column."""
+        detected = AlterColumnType(self.table, f.name, f.type, existing.type)
+        behavior = self.policy.behavior
+        if can_widen(existing.type, f.type):
+            outcome = f"values are written into the narrower {existing.type} column"
+            step = self.gate(detected, "safe", outcome)
+            if step is not None:
+                return False
+            if behavior != "lenient" or self.can_apply(detected):
+                self.exact(detected, "safe", [detected], outcome)
+                return False
+            return self.redirect(detected, f, existing, sink, "safe", "the sink cannot widen the column")
+        outcome = f"the values of {f.name} are not written"
+        step = self.gate(detected, "breaking", outcome)
+        if step is None:
+            if behavior == "lenient":
+                return self.redirect(detected, f, existing, sink, "breaking", "incompatible type change")
+            step = self.exact(detected, "breaking", [detected], outcome)
+        if step.decision != "apply":
+            self.column_map[f.name] = None
+        return False
+
+    def redirect(self, detected: AlterColumnType, f: Field, existing: Field, sink: Schema, classification: Classification, why: str) -> bool:
+        name = redirect_column_name(f.name, f.type)
+        present = sink.get(name)
+        if present is not None:
+            if can_widen(f.type, present.type):
+                self.column_map[f.name] = name  # planned before: nothing left to do
+                return True
+            self.step(detected, "fail", classification, f"{why}, and column {name} already exists with type {present.type}")
+            return False
+        changes: list[SchemaChange] = [AddColumn(self.table, Field(name, f.type, nullable=True), existing.name)]
+        if not existing.nullable:
+            changes.append(MakeColumnNullable(self.table, existing.name))
+        refused = self.appliable(changes)
+        if refused is not None:
+            self.step(detected, "fail", classification, f"{why}, and the sink cannot apply '{refused.kind}'")
+            return False
+        reason = f"policy 'lenient', {why}: values go to the new column {name}; {existing.name} is kept (null from now on)"
+        self.step(detected, "apply", classification, reason, changes)
+        self.column_map[f.name] = name
+        return True
+
+    def relax(self, f: Field) -> None:
+        detected = MakeColumnNullable(self.table, f.name)
+        step = self.gate(detected, "safe", "NULL values of this column will be refused by the target")
+        if step is None:
+            if self.policy.behavior == "lenient" and not self.can_apply(detected):
+                self.step(detected, "skip", "safe", "the sink cannot drop NOT NULL; NULL values of this column will be refused")
+            else:
+                self.exact(detected, "safe", [detected], "NULL values of this column will be refused by the target")
+
+    def drop_column(self, f: Field) -> None:
+        detected = DropColumn(self.table, f.name)
+        outcome = f"{f.name} is kept in the target"
+        if self.gate(detected, "lossy", outcome) is not None:
+            return
+        if self.policy.behavior != "lenient":
+            self.exact(detected, "lossy", [detected], outcome)
+            return
+        if f.nullable:
+            self.step(detected, "skip", "lossy", f"policy 'lenient' never drops: {f.name} is kept and is null in new rows")
+            return
+        relax = MakeColumnNullable(self.table, f.name)
+        if self.can_apply(relax):
+            self.step(detected, "apply", "lossy", f"policy 'lenient' never drops: {f.name} is kept and becomes nullable", [relax])
+        else:
+            self.step(detected, "fail", "lossy", f"{f.name} is NOT NULL in the target and the sink can neither drop it nor drop NOT NULL")
+
+
 def plan(
     source: Schema | None,
     sink: Schema | None,
@@ -149,66 +381,54 @@ def plan(
         policy: the table's evolution policy.
         can_apply: the sink's ``can_apply``; the planner asks only for changes it accepts.
         hints: the changes the source reported (they let a rename be told from drop + add).
-    """
-    table = (source or sink).table  # type: ignore[union-attr]
-    steps: list[PlanStep] = []
-    column_map: dict[str, str | None] = {}
-    if source is None:
-        if sink is None:
-            return SchemaPlan(table, (), None)
-        detected = DropTable(table)
-        steps.append(_decide(detected, detected, "breaking", policy, can_apply, keep="table kept in the target"))
-        target = None if steps[-1].decision == "apply" else sink
-        return SchemaPlan(table, tuple(steps), target)
-    if sink is None:
-        detected = CreateTable(table, source)
-        steps.append(_decide(detected, detected, "safe", policy, can_apply, keep="table not created"))
-        return SchemaPlan(table, tuple(steps), source if steps[-1].decision == "apply" else None)
 
-    renames = {h.old_name: h.new_name for h in hints if isinstance(h, RenameColumn) and h.table == table}
-    target = sink
+    Guarantees: pure and deterministic (same inputs, same plan); steps follow the source's column
+    order, then the target-only columns in the target's order; ``target`` is ``sink`` with every
+    applied change.
+    """
+    if source is None and sink is None:
+        raise ValueError("plan() needs a source or a sink schema")
+    table = (source or sink).table  # type: ignore[union-attr]
+    planner = _Planner(table, policy, can_apply)
+    if source is None:
+        assert sink is not None
+        target = planner.drop_table(sink)
+        return SchemaPlan(table, tuple(planner.steps), target)
+    if sink is None:
+        target = planner.create_table(source)
+        return SchemaPlan(table, tuple(planner.steps), target, {} if target is not None else {n: None for n in source.names})
+
+    renames = {
+        h.new_name: h.old_name
+        for h in hints
+        if isinstance(h, RenameColumn) and h.table == table and h.old_name in sink and h.old_name not in source and h.new_name not in sink
+    }
+    kept_by_rename: set[str] = set()
     for f in source.fields:
         existing = sink.get(f.name)
         if existing is None:
-            old_name = next((o for o, n in renames.items() if n == f.name and o in sink and o not in source), None)
-            if old_name is not None and policy.behavior in ("evolve", "try_evolve"):
-                step = _decide(RenameColumn(table, old_name, f.name), RenameColumn(table, old_name, f.name), "breaking", policy, can_apply)
+            old = renames.get(f.name)
+            if old is not None:
+                planner.rename_column(sink.field(old), f, source, sink)
+                kept_by_rename.add(old)
             else:
-                add = AddColumn(table, replace(f, nullable=True, primary_key=False) if policy.behavior == "lenient" else f, _after(source, f.name, target))
-                step = _decide(add, add, "safe", policy, can_apply, keep="column not added; its values are not written")
-                if step.decision != "apply":
-                    column_map[f.name] = None
-            steps.append(step)
+                planner.add_column(source, f, sink)
             continue
-        if existing.type != f.type:
-            if can_widen(existing.type, f.type):
-                alter = AlterColumnType(table, f.name, f.type, existing.type)
-                step = _decide(alter, alter, "safe", policy, can_apply, keep="values written into the narrower column")
-            elif can_widen(f.type, existing.type):
-                continue  # the target is already wider: nothing to do
-            else:
-                alter = AlterColumnType(table, f.name, f.type, existing.type)
-                step = _decide(alter, alter, "breaking", policy, can_apply)
-            steps.append(step)
-        if existing.nullable is False and f.nullable is True:
-            relax = MakeColumnNullable(table, f.name)
-            steps.append(_decide(relax, relax, "safe", policy, can_apply))
+        redirected = False
+        if existing.type != f.type and not can_widen(f.type, existing.type):
+            redirected = planner.change_type(f, existing, sink)
+        if not redirected and not existing.nullable and f.nullable:
+            planner.relax(f)
+    routed = {v for v in planner.column_map.values() if v is not None}
     for f in sink.fields:
-        if f.name not in source and f.name not in renames:
-            if not f.nullable:
-                relax = MakeColumnNullable(table, f.name)
-                drop = DropColumn(table, f.name)
-                if policy.behavior == "lenient":
-                    steps.append(_decide(drop, relax, "safe", policy, can_apply, reason="lenient: the column is kept and becomes nullable"))
-                else:
-                    steps.append(_decide(drop, drop, "lossy", policy, can_apply, keep="column kept in the target"))
-            elif policy.behavior not in ("lenient",):
-                drop = DropColumn(table, f.name)
-                steps.append(_decide(drop, drop, "lossy", policy, can_apply, keep="column kept in the target"))
-    for step in steps:
-        if step.decision == "apply" and step.change is not None:
-            target = apply_change(target, step.change)  # type: ignore[assignment]
-    return SchemaPlan(table, tuple(steps), target, column_map)
+        if f.name not in source and f.name not in kept_by_rename and f.name not in routed:
+            planner.drop_column(f)
+    target: Schema | None = sink
+    for step in planner.steps:
+        if step.decision == "apply":
+            for change in step.changes:
+                target = apply_change(target, change)
+    return SchemaPlan(table, tuple(planner.steps), target, planner.column_map)
 
 
 def _after(source: Schema, name: str, target: Schema) -> str | None:
@@ -218,29 +438,3 @@ def _after(source: Schema, name: str, target: Schema) -> str | None:
         if prev in target:
             return prev
     return None
-
-
-def _decide(
-    detected: SchemaChange,
-    change: SchemaChange,
-    classification: Classification,
-    policy: EvolutionPolicy,
-    can_apply: Callable[[SchemaChange], bool],
-    *,
-    keep: str = "",
-    reason: str | None = None,
-) -> PlanStep:
-    behavior = policy.behavior
-    if not policy.allows(detected.kind):
-        return PlanStep(detected, "skip", classification, f"{detected.kind} excluded by the policy" + (f"; {keep}" if keep else ""))
-    if behavior == "ignore":
-        return PlanStep(detected, "skip", classification, "policy 'ignore'" + (f"; {keep}" if keep else ""))
-    if behavior == "fail":
-        return PlanStep(detected, "fail", classification, "policy 'fail' refuses every schema change")
-    if classification == "breaking" and behavior == "lenient":
-        return PlanStep(detected, "fail", classification, "incompatible change; the lenient policy does not break readers")
-    if not can_apply(change):
-        if behavior == "evolve":
-            return PlanStep(detected, "fail", classification, f"the sink cannot apply '{change.kind}'")
-        return PlanStep(detected, "skip", classification, f"the sink cannot apply '{change.kind}'" + (f"; {keep}" if keep else ""))
-    return PlanStep(detected, "apply", classification, reason or f"policy '{behavior}'", change)
