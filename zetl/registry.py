@@ -9,7 +9,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Literal
@@ -52,12 +55,26 @@ def suggest(word: str, choices: list[str]) -> str | None:
     return match[0] if match else None
 
 
-def _import_target(kind: Kind, target: str) -> type[Source] | type[Sink]:
+def _import_module(module_name: str, search: Path | None) -> ModuleType:
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # A module next to the YAML file is found too, so a custom plugin needs no install step.
+        if search is None or exc.name != module_name.split(".")[0] or not search.is_dir():
+            raise
+        sys.path.insert(0, str(search))
+        try:
+            return importlib.import_module(module_name)
+        finally:
+            sys.path.remove(str(search))
+
+
+def _import_target(kind: Kind, target: str, search: Path | None = None) -> type[Source] | type[Sink]:
     module_name, _, attr = target.partition(":")
     if not attr:
         raise PluginError(f"{kind} type {target!r} is not a plugin name or a 'package.module:Class' path")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_module(module_name, search)
     except ImportError as exc:
         raise PluginError(f"cannot import module {module_name!r} for {kind} type {target!r}: {exc}") from exc
     try:
@@ -73,15 +90,18 @@ def _import_target(kind: Kind, target: str) -> type[Source] | type[Sink]:
     return cls
 
 
-def load_plugin(kind: Kind, type_name: str) -> type[Source] | type[Sink]:
+def load_plugin(kind: Kind, type_name: str, search: Path | None = None) -> type[Source] | type[Sink]:
     """The plugin class for a YAML ``type:`` value.
+
+    A ``package.module:Class`` path is imported from the installed packages, or else from
+    ``search`` (the YAML file's folder).
 
     Raises:
         UnknownPluginError: no plugin of that name ("Did you mean ...?" and the installed list).
         PluginError: a dotted path that cannot be imported or is not a Source/Sink.
     """
     if ":" in type_name:
-        return _import_target(kind, type_name)
+        return _import_target(kind, type_name, search)
     plugins = _entry_points(kind)
     info = plugins.get(type_name)
     if info is None:

@@ -120,15 +120,27 @@ def _issues_from_validation(
             message = message[:1].lower() + message[1:]
             secret = any(w in str(p).lower() for p in path for w in _SECRET_WORDS)
             value = err.get("input")
-            if not secret and kind not in ("model_type", "dict_type") and isinstance(value, (str, int, float, bool)):
-                message += f" (got {value!r})"
             hint = None
-            if kind in ("list_type",) and isinstance(value, (str, dict)):
+            if kind in ("model_type", "dict_type"):
+                message = f"expected a mapping of keys to values, got {_yaml_kind(value)}"
+                if path and path[-1] in ("source", "sink"):
+                    hint = f"write it as '{path[-1]}:' followed by indented lines 'type: <plugin>' and the plugin's keys"
+            elif not secret and isinstance(value, (str, int, float, bool)) and repr(value) not in message:
+                message += f" (got {value!r})"
+            if kind == "list_type" and isinstance(value, (str, dict)):
                 hint = "this should be a list; maybe a '-' is missing in the YAML"
-            elif kind in ("model_type", "dict_type") and isinstance(value, list):
-                hint = "this should be a mapping of keys to values, not a list"
             issues.append(loaded.issue(path, message, hint))
     return issues
+
+
+def _yaml_kind(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return f"the value {value!r}"
 
 
 def _resolve_plugin(kind: str, section: Any, loaded: LoadedYaml, issues: list[ConfigIssue]) -> tuple[type[Any] | None, Any]:
@@ -136,7 +148,7 @@ def _resolve_plugin(kind: str, section: Any, loaded: LoadedYaml, issues: list[Co
         return None, None
     type_name = section["type"]
     try:
-        plugin = load_plugin(kind, type_name)  # type: ignore[arg-type]
+        plugin = load_plugin(kind, type_name, Path(loaded.file).parent)  # type: ignore[arg-type]
     except UnknownPluginError as exc:
         close = suggest(type_name, exc.installed)
         message = f"unknown {kind} type '{type_name}'." + (f" Did you mean '{close}'?" if close else "")

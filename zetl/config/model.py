@@ -7,9 +7,10 @@ Plugins own their own sections (``source``, ``sink``): the envelope only require
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
 from zetl.config.types import Duration
 from zetl.filters.config import FiltersConfig
@@ -35,10 +36,21 @@ class PluginSection(BaseModel):
         return dict(self.model_extra or {})
 
 
+def _valid_pattern(value: str) -> str:
+    compile_pattern(value)
+    return value
+
+
+TablePatternText = Annotated[str, AfterValidator(_valid_pattern)]
+"""A table pattern: ``db.table``, a glob (``schema.*``) or ``re:<regular expression>``."""
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
 class TablesConfig(_Section):
-    include: list[str] = Field(default_factory=list)
+    include: list[TablePatternText] = Field(default_factory=list)
     """Patterns of tables to replicate (all when empty): ``db.table``, ``schema.*``, ``re:regex``."""
-    exclude: list[str] = Field(default_factory=list)
+    exclude: list[TablePatternText] = Field(default_factory=list)
     """Patterns of tables to leave out."""
 
     @model_validator(mode="before")
@@ -47,13 +59,6 @@ class TablesConfig(_Section):
         # `tables: [a.b, c.*]` is the common case: a list means include.
         if isinstance(value, list):
             return {"include": value}
-        return value
-
-    @field_validator("include", "exclude")
-    @classmethod
-    def _valid_patterns(cls, value: list[str]) -> list[str]:
-        for pattern in value:
-            compile_pattern(pattern)
         return value
 
     def selection(self) -> TableSelection:
@@ -89,7 +94,7 @@ class RetryConfig(_Section):
 class IntegrationConfig(_Section):
     version: Literal[1] = 1
     """Version of this file format."""
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    name: str = Field(max_length=100)
     """Unique name; checkpoints are kept under it (letters, digits, '_', '.', '-')."""
     description: str | None = None
     source: PluginSection
@@ -100,6 +105,13 @@ class IntegrationConfig(_Section):
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("a name starts with a letter or digit and has only letters, digits, '_', '.' and '-'")
+        return value
 
     def state_path(self, config_file: Path | None) -> Path:
         import os

@@ -1,0 +1,42 @@
+# zetl — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q --disable-pip-version-check
+APT_PACKAGES := mariadb-server mariadb-client postgresql-15 postgresql-client-15
+PYTEST_ARGS ?=
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n\nTargets:\n"} /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+
+install: $(PY) ## Create .venv and install zetl with every plugin and the test tools
+	$(PIP) install -e '.[all,test]'
+
+system-packages: ## Install the database servers the tests start (Debian packages; needs root)
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing:$$missing"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: system-packages install ## Install everything needed and run the whole test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install ## Run the tests that need no server
+	$(PY) -m pytest tests/unit tests/conformance/test_builtin_sinks.py $(PYTEST_ARGS)
+
+validate-configs: install ## Validate every integration in configs/
+	$(VENV)/bin/zetl validate configs/
+
+clean: ## Remove the virtualenv and build artefacts
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .zetl .zetl-test
+
+.PHONY: help install system-packages test test-unit validate-configs clean
