@@ -50,7 +50,9 @@ def main() -> None:
 @click.option("--log-format", type=click.Choice(["human", "json"]), default="human", show_default=True, help="Log line format.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.option("--shutdown-timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for a graceful stop after SIGTERM.")
-def run(paths: tuple[str, ...], log_format: str, log_level: str, shutdown_timeout: float) -> None:
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port (/metrics).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True, help="Address the metrics server listens on.")
+def run(paths: tuple[str, ...], log_format: str, log_level: str, shutdown_timeout: float, metrics_port: int | None, metrics_host: str) -> None:
     """Run the integrations in PATHS (files or directories of *.yaml) until stopped.
 
     Each integration resumes from its checkpoint. SIGTERM or Ctrl-C stops gracefully: rows
@@ -64,8 +66,14 @@ def run(paths: tuple[str, ...], log_format: str, log_level: str, shutdown_timeou
     configure_logging(log_format, log_level)
     integrations = _load_or_exit(paths)
     progress = SnapshotProgress.for_terminal(err) if log_format == "human" else None
+    metrics = None
+    if metrics_port is not None:
+        from zetl.metrics import Metrics
+
+        metrics = Metrics()
+        metrics.serve(metrics_port, metrics_host)
     try:
-        code = Daemon(integrations, shutdown_timeout=shutdown_timeout, progress=progress).run()
+        code = Daemon(integrations, shutdown_timeout=shutdown_timeout, progress=progress, metrics=metrics).run()
     finally:
         if progress is not None:
             progress.close()

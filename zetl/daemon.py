@@ -36,11 +36,12 @@ class Daemon:
         *,
         shutdown_timeout: float = 30.0,
         progress: Callable[[str, Any, int, int | None], None] | None = None,
+        metrics: Any = None,
     ) -> None:
         self.integrations = integrations
         self.shutdown_timeout = shutdown_timeout
         self.stop = threading.Event()
-        self.runners = [IntegrationRunner(i, self.stop, progress=progress) for i in integrations]
+        self.runners = [IntegrationRunner(i, self.stop, progress=progress, metrics=metrics) for i in integrations]
         self.results: dict[str, State] = {}
         self._signals = 0
 

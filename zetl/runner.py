@@ -70,6 +70,7 @@ class IntegrationRunner:
         state_db: StateDB | None = None,
         checkpoints: CheckpointStore | None = None,
         progress: Any = None,
+        metrics: Any = None,
     ) -> None:
         self.integration = integration
         self.config = integration.config
@@ -83,6 +84,7 @@ class IntegrationRunner:
         self.history = SchemaHistory(self.state_db, self.name)
         self.status = IntegrationStatus(self.name)
         self._progress_cb = progress
+        self._metrics = metrics
         self._last_status_save = 0.0
         self._source: Source | None = None
         self._sink: Sink | None = None
@@ -92,9 +94,13 @@ class IntegrationRunner:
         self.status.state = state
         if error is not None:
             self.status.last_error = error
+            if self._metrics is not None:
+                self._metrics.error(self.name)
         self._save_status(force=True)
 
     def _save_status(self, force: bool = False) -> None:
+        if self._metrics is not None:
+            self._metrics.observe(self.status)
         now = time.monotonic()
         if not force and now - self._last_status_save < 0.5:
             return

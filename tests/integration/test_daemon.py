@@ -115,3 +115,28 @@ def test_json_logs(tmp_path: Path) -> None:
     lines = [orjson.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
     assert any(line.get("integration") == "json-logs" and "create table" in line["message"] for line in lines)
 
+
+
+@pytest.mark.integration
+def test_metrics_endpoint(tmp_path: Path) -> None:
+    import urllib.request
+
+    from zetl.testing.servers import free_port
+
+    config = write_config(tmp_path, "metrics-test", stream_events=1_000_000, interval=0.01)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "zetl.cli", "run", "--metrics-port", str(port), str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_rows(tmp_path / "out.db", 2100)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            if 'state="streaming"} 1.0' in text:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    rows = [line for line in text.splitlines() if line.startswith('zetl_rows_written_total{integration="metrics-test"}')]
+    assert rows and float(rows[0].split()[-1]) >= 2000
+    assert 'zetl_state{integration="metrics-test",state="streaming"} 1.0' in text
