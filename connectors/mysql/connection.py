@@ -1,0 +1,90 @@
+"""Connections to the server: settings for PyMySQL and pymysqlreplication, and error mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zetl.errors import SourceConnectionError, SourceError
+from zetl.plugin import require
+
+from zetl_connectors.mysql.config import MySQLConfig
+
+__all__ = ["connect", "connection_settings", "map_error", "pymysql"]
+
+# Server error codes that mean "try again later": lock wait timeout, deadlock, too many
+# connections, server shutting down.
+_RETRYABLE_SERVER_CODES = frozenset({1205, 1213, 1040, 1053, 1152, 1158, 1159, 1160, 1161})
+
+
+def pymysql() -> Any:
+    return require("pymysql", extra="mysql", what="the MySQL source (PyMySQL)")
+
+
+def _password(config: MySQLConfig) -> str:
+    if config.iam_auth:
+        boto3 = require("boto3", extra="mysql", what="RDS IAM authentication (boto3)")
+        client = boto3.client("rds", region_name=config.region) if config.region else boto3.client("rds")
+        return str(client.generate_db_auth_token(DBHostname=config.host, Port=config.port, DBUsername=config.user))
+    return config.password.get_secret_value() if config.password is not None else ""
+
+
+def connection_settings(config: MySQLConfig) -> dict[str, Any]:
+    """Keyword arguments for ``pymysql.connect`` (the password included: never log them)."""
+    settings: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "user": config.user,
+        "password": _password(config),
+        "charset": "utf8mb4",
+        "connect_timeout": config.connect_timeout,
+        "autocommit": True,
+    }
+    tls = config.tls
+    if tls is None and config.iam_auth:
+        from zetl_connectors.mysql.config import TLSConfig
+
+        tls = TLSConfig()
+    if tls is not None and tls.enabled:
+        ssl: dict[str, Any] = {}
+        if tls.ca:
+            ssl["ca"] = tls.ca
+            ssl["check_hostname"] = tls.verify_identity
+        else:
+            ssl["check_hostname"] = False
+            ssl["verify_mode"] = False
+        if tls.cert:
+            ssl["cert"] = tls.cert
+        if tls.key:
+            ssl["key"] = tls.key
+        settings["ssl"] = ssl
+        if not tls.ca:
+            settings["ssl_verify_cert"] = False
+    return settings
+
+
+def map_error(exc: BaseException, config: MySQLConfig, doing: str) -> SourceError:
+    """A driver error as a zetl error: connection problems are retryable, the rest is not."""
+    where = f"MySQL {config.host}:{config.port} ({doing})"
+    driver = pymysql()
+    code = exc.args[0] if getattr(exc, "args", None) and isinstance(exc.args[0], int) else None
+    text = exc.args[1] if getattr(exc, "args", None) and len(exc.args) > 1 else str(exc)
+    if isinstance(exc, driver.err.OperationalError):
+        if code in (1045, 1044, 1142, 1227, 1698):
+            return SourceError(f"{where}: access denied for user {config.user!r}: {text}; check the password and grants (SELECT, REPLICATION SLAVE, REPLICATION CLIENT)", retryable=False)
+        if code is not None and code >= 2000 or code in _RETRYABLE_SERVER_CODES:
+            return SourceConnectionError(f"{where}: {text} (error {code})")
+        return SourceError(f"{where}: {text} (error {code})", retryable=False)
+    if isinstance(exc, (driver.err.InterfaceError, ConnectionError, OSError)):
+        return SourceConnectionError(f"{where}: connection lost: {exc}")
+    if isinstance(exc, driver.err.MySQLError):
+        return SourceError(f"{where}: {text} (error {code})", retryable=code in _RETRYABLE_SERVER_CODES)
+    return SourceError(f"{where}: {type(exc).__name__}: {exc}", retryable=False)
+
+
+def connect(config: MySQLConfig, doing: str, **extra: Any) -> Any:
+    """A new PyMySQL connection (autocommit on)."""
+    driver = pymysql()
+    try:
+        return driver.connect(**connection_settings(config), **extra)
+    except driver.err.MySQLError as exc:
+        raise map_error(exc, config, doing) from exc

@@ -1,0 +1,347 @@
+"""Binlog events -> batches of whole transactions.
+
+``BinlogAssembler`` is the pure part of streaming: it is fed pymysqlreplication events (or any
+objects with the same class names and attributes, as the unit tests do) and gives batches.
+
+Guarantees:
+    * A batch holds whole transactions; its ``end_position`` is the coordinate right after its
+      last transaction (and the GTID state including it), so resuming there neither repeats nor
+      skips a transaction.
+    * Schema changes lead a batch of their own transaction; rows of a table are always in the
+      shape of the schema in force when they were written (row events carry their own column
+      names, ``binlog_row_metadata=FULL``).
+    * Rows of tables the selection rejects are never decoded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any, Callable, Iterable
+
+from zetl.errors import NeedsAttentionError, SourceConnectionError
+from zetl.events import Batch, ChangeEvent, Op, TableId
+from zetl.plugin import TableSelector
+from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, DropColumn, DropTable, MakeColumnNullable, SchemaChange
+from zetl.schema.planner import apply_change
+from zetl.schema.types import Schema
+
+from zetl_connectors.mysql.catalog import is_system_schema
+from zetl_connectors.mysql.convert import Converter, stream_converter
+from zetl_connectors.mysql.ddl import interpret
+from zetl_connectors.mysql.gtid import MariaDBGtidState, MySQLGtidSet
+from zetl_connectors.mysql.position import MySQLPosition
+
+__all__ = ["BinlogAssembler", "diff_schemas"]
+
+_UTC = dt.timezone.utc
+_ROW_OPS = {"WriteRowsEvent": Op.INSERT, "UpdateRowsEvent": Op.UPDATE, "DeleteRowsEvent": Op.DELETE}
+
+
+def diff_schemas(old: Schema | None, new: Schema | None, table: TableId) -> list[SchemaChange]:
+    """Canonical changes that turn ``old`` into ``new`` (used when a DDL statement is not understood)."""
+    if old is None and new is None:
+        return []
+    if new is None:
+        return [DropTable(table)]
+    if old is None:
+        return [CreateTable(table, new)]
+    changes: list[SchemaChange] = []
+    new_names = set(new.names)
+    for f in old.fields:
+        if f.name not in new_names:
+            changes.append(DropColumn(table, f.name))
+    previous: str | None = None
+    for f in new.fields:
+        have = old.get(f.name)
+        if have is None:
+            changes.append(AddColumn(table, f, previous))
+        else:
+            if have.type != f.type:
+                changes.append(AlterColumnType(table, f.name, f.type, have.type))
+            if f.nullable and not have.nullable:
+                changes.append(MakeColumnNullable(table, f.name))
+        previous = f.name
+    if not changes and list(old.primary_key) != list(new.primary_key):
+        # a key change alone: report the table anew so that the target learns the key
+        changes = [DropTable(table), CreateTable(table, new)]
+    return changes
+
+
+class _TableDecoder:
+    """Turns one table's row dicts into canonical rows of its current schema."""
+
+    __slots__ = ("schema", "names", "converters", "warned")
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.names = schema.names
+        self.converters: list[tuple[str, Converter | None]] = [
+            (f.name, stream_converter(f, f"table {schema.table}, column {f.name}")) for f in schema.fields
+        ]
+        self.warned = False
+
+    def row(self, values: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
+        out = {}
+        for name, conv in self.converters:
+            v = values.get(name)
+            out[name] = v if conv is None or v is None else conv(v)
+        if len(values) != len(out) and not self.warned:
+            extra = sorted(set(values) - set(self.names))
+            missing = sorted(set(self.names) - set(values))
+            if extra or missing:
+                # Only when resuming across a DDL statement: the rows were written before it.
+                log.warning(
+                    "rows of %s written before a later schema change: columns %s are not in the current schema%s",
+                    self.schema.table, extra, f", columns {missing} are NULL in them" if missing else "",
+                )
+                self.warned = True
+        return out
+
+
+class BinlogAssembler:
+    """Feeds on binlog events, gives batches (see the module doc).
+
+    Args:
+        mariadb: the server is MariaDB (GTIDs are domain-server-seq).
+        start: where reading starts (between two transactions).
+        schemas: the tracked schema of every selected table (updated as DDL arrives).
+        selector: the integration's table selection.
+        reread: reads one table's schema from ``information_schema`` now (None: no such table).
+        max_batch_rows: whole transactions are grouped until a batch holds this many rows.
+    """
+
+    def __init__(
+        self,
+        *,
+        mariadb: bool,
+        start: MySQLPosition,
+        schemas: dict[TableId, Schema],
+        selector: TableSelector,
+        reread: Callable[[TableId], Schema | None],
+        max_batch_rows: int = 10_000,
+        max_batch_delay: float = 0.5,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.mariadb = mariadb
+        self.file = start.file
+        self.position = start.streaming()
+        self.gtids: MariaDBGtidState | MySQLGtidSet = MariaDBGtidState(start.gtid) if mariadb else MySQLGtidSet(start.gtid)
+        self.schemas = dict(schemas)
+        self.selector = selector
+        self.reread = reread
+        self.max_batch_rows = max_batch_rows
+        self.max_batch_delay = max_batch_delay
+        self.log = logger or logging.getLogger("zetl.mysql")
+        self._decoders: dict[TableId, _TableDecoder] = {}
+        self._selected: dict[tuple[str, str], TableId | None] = {}
+        self._seen_fake_rotate = False
+        self.table_maps_dirty = False
+        # the transaction being read
+        self._in_txn = False
+        self._txn_gtid: str | None = None
+        self._txn_rows: list[tuple[TableId, Op, Any, Any, int]] = []
+        self._txn_changes: list[SchemaChange] = []
+        # whole transactions not yet handed out
+        self._pending_changes: list[SchemaChange] = []
+        self._pending_events: list[ChangeEvent] = []
+        self._pending_end: MySQLPosition | None = None
+        self._pending_since = 0.0
+        self._last_yielded: MySQLPosition | None = None
+        self.events_seen = 0
+        self.last_event_ts: float | None = None
+
+    # -- tables ---------------------------------------------------------------------------
+    def _table(self, db: Any, name: Any) -> TableId | None:
+        key = (db, name)
+        if key in self._selected:
+            return self._selected[key]
+        db_s = db.decode() if isinstance(db, bytes) else str(db)
+        name_s = name.decode() if isinstance(name, bytes) else str(name)
+        tid = TableId(db_s, name_s)
+        chosen = tid if not is_system_schema(db_s) and self.selector.matches(tid) else None
+        self._selected[key] = chosen
+        return chosen
+
+    def _decoder(self, table: TableId) -> _TableDecoder | None:
+        dec = self._decoders.get(table)
+        if dec is None:
+            schema = self.schemas.get(table)
+            if schema is None:
+                schema = self.reread(table)
+                if schema is None:
+                    raise NeedsAttentionError(
+                        f"rows of {table} arrived at {self.file}:{self.position.pos} but the table is unknown and gone from"
+                        " information_schema; re-snapshot the integration (delete its checkpoint) to recover"
+                    )
+                self._apply([CreateTable(table, schema)], into_txn=True)
+            dec = self._decoders[table] = _TableDecoder(self.schemas[table])
+        return dec
+
+    def _apply(self, changes: Iterable[SchemaChange], *, into_txn: bool) -> None:
+        for change in changes:
+            new = apply_change(self.schemas.get(change.table), change)
+            if new is None:
+                self.schemas.pop(change.table, None)
+            else:
+                self.schemas[change.table] = new
+            self._decoders.pop(change.table, None)
+            self._txn_changes.append(change)
+
+    # -- events ---------------------------------------------------------------------------
+    def feed(self, event: Any) -> list[Batch]:
+        """Take one event; return the batches that are complete now (often none)."""
+        self.events_seen += 1
+        kind = type(event).__name__
+        if kind in _ROW_OPS:
+            self._rows(event, _ROW_OPS[kind])
+            return []
+        if kind == "XidEvent":
+            return self._commit(event)
+        if kind in ("GtidEvent", "MariadbGtidEvent"):
+            self._in_txn = True
+            self._txn_gtid = event.gtid
+            return []
+        if kind == "QueryEvent":
+            return self._query(event)
+        if kind == "RotateEvent":
+            return self._rotate(event)
+        if kind == "HeartbeatLogEvent":
+            return self.tick()
+        return []
+
+    def _rotate(self, event: Any) -> list[Batch]:
+        if event.timestamp == 0:
+            # The server sends a rotate with timestamp 0 when a binlog connection starts. A second
+            # one means the reader reconnected by itself, possibly in the middle of a transaction:
+            # start again from the last durable position instead.
+            if self._seen_fake_rotate:
+                raise SourceConnectionError(
+                    f"the binlog connection was re-established at {self.file}; restarting from the last checkpoint"
+                )
+            self._seen_fake_rotate = True
+            self.file = event.next_binlog
+            return []
+        self.file = event.next_binlog
+        self.table_maps_dirty = True
+        if not self._in_txn:
+            self.position = MySQLPosition(event.next_binlog, event.position, self.position.gtid)
+        return []
+
+    def _rows(self, event: Any, op: Op) -> None:
+        table = self._table(event.schema, event.table)
+        if table is None:
+            return
+        self._in_txn = True
+        dec = self._decoder(table)
+        assert dec is not None
+        ts = event.timestamp
+        log = self.log
+        rows = self._txn_rows
+        if op is Op.INSERT:
+            for r in event.rows:
+                rows.append((table, op, None, dec.row(r["values"], log), ts))
+        elif op is Op.DELETE:
+            for r in event.rows:
+                rows.append((table, op, dec.row(r["values"], log), None, ts))
+        else:
+            for r in event.rows:
+                rows.append((table, op, dec.row(r["before_values"], log), dec.row(r["after_values"], log), ts))
+
+    def _query(self, event: Any) -> list[Batch]:
+        query = event.query if isinstance(event.query, str) else event.query.decode("utf-8", "replace")
+        head = query.lstrip()[:16].upper()
+        if head.startswith("BEGIN") or head.startswith("XA START") or head.startswith("XA END") or head.startswith("XA PREPARE"):
+            self._in_txn = True
+            return []
+        if head.startswith("COMMIT") or head.startswith("XA COMMIT"):
+            return self._commit(event)
+        if head.startswith("ROLLBACK"):
+            # Only non-transactional changes are ever logged before a ROLLBACK, and they happened.
+            return self._commit(event)
+        if head.startswith("SAVEPOINT"):
+            return []
+        # A DDL statement: its own transaction. Table maps cached by table id are stale now.
+        self.table_maps_dirty = True
+        db = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema or "")
+        result = interpret(query, db, self.schemas, self.selector)
+        changes = list(result.changes)
+        self.schemas = dict(result.schemas)
+        for table in result.created:
+            schema = self.reread(table) or result.created_from_statement.get(table)
+            if schema is None:
+                raise NeedsAttentionError(f"table {table} was created by {query!r} but its columns cannot be read; re-snapshot the integration")
+            if table not in self.schemas:
+                changes.append(CreateTable(table, schema))
+                self.schemas[table] = schema
+        for table in dict.fromkeys(result.reread):
+            new = self.reread(table)
+            diff = diff_schemas(self.schemas.get(table), new, table)
+            self.log.warning("schema of %s re-read from information_schema after %r: %s", table, query, ", ".join(map(str, diff)) or "no change")
+            for change in diff:
+                s = apply_change(self.schemas.get(table), change)
+                if s is None:
+                    self.schemas.pop(table, None)
+                else:
+                    self.schemas[table] = s
+            changes.extend(diff)
+        for change in changes:
+            self._decoders.pop(change.table, None)
+        self._txn_changes.extend(changes)
+        for table in result.truncated:
+            self._txn_rows.append((table, Op.TRUNCATE, None, None, event.timestamp))
+        self._selected.clear()
+        return self._commit(event)
+
+    def _commit(self, event: Any) -> list[Batch]:
+        if self._txn_gtid:
+            self.gtids.add(self._txn_gtid)
+        gtid = str(self.gtids) or None
+        self.position = MySQLPosition(self.file, event.packet.log_pos, gtid)
+        out: list[Batch] = []
+        if self._txn_changes and (self._pending_events or self._pending_changes):
+            out.extend(self._flush())
+        position = self.position
+        txid = self._txn_gtid or f"{position.file}:{position.pos}"
+        if self._pending_end is None:
+            self._pending_since = time.monotonic()
+        if self._txn_rows:
+            append = self._pending_events.append
+            for table, op, before, after, ts in self._txn_rows:
+                append(ChangeEvent(table, op, before, after, position, dt.datetime.fromtimestamp(ts, _UTC), txid))
+        self._pending_changes.extend(self._txn_changes)
+        self._pending_end = position
+        self._txn_rows = []
+        self._txn_changes = []
+        self._txn_gtid = None
+        self._in_txn = False
+        if self._pending_changes or len(self._pending_events) >= self.max_batch_rows:
+            out.extend(self._flush())
+        elif time.monotonic() - self._pending_since >= self.max_batch_delay:
+            out.extend(self._flush())
+        return out
+
+    def _flush(self) -> list[Batch]:
+        if self._pending_end is None:
+            return []
+        batch = Batch(events=tuple(self._pending_events), schema_changes=tuple(self._pending_changes), end_position=self._pending_end)
+        self._last_yielded = self._pending_end
+        self._pending_events, self._pending_changes, self._pending_end = [], [], None
+        return [batch]
+
+    def tick(self) -> list[Batch]:
+        """Nothing arrived for a while: hand out what is complete, or an empty batch that carries
+        the position forward (past transactions of other tables)."""
+        if self._pending_end is not None:
+            return self._flush()
+        if not self._in_txn and self.position != self._last_yielded and self._last_yielded is not None:
+            self._last_yielded = self.position
+            return [Batch(end_position=self.position)]
+        if self._last_yielded is None:
+            self._last_yielded = self.position
+        return [Batch()]
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_txn
