@@ -1,13 +1,116 @@
-"""The ``filters`` section of an integration."""
+"""The ``filters`` section of an integration: which columns and rows of each table reach the sink.
+
+Example::
+
+    filters:
+      salt: ${env:ZETL_MASK_SALT}          # key of the 'hash' mask; never logged
+      tables:
+        shop.customers:                    # table pattern: name, glob or re:regex
+          columns:
+            exclude: [internal_notes]      # names or globs; 'include' keeps only those listed
+            mask:
+              email: hash                  # HMAC-SHA256 (hex) of the value with the salt
+              ssn: null                    # replaced by NULL
+          rows: "status != 'deleted' and region in ('eu', 'us')"
+
+Table filters are matched in the order written; the first pattern that matches a table applies.
+Table selection itself (which tables are read at all) is the top-level ``tables`` section.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+import fnmatch
+from typing import Any, Literal
 
-__all__ = ["FiltersConfig"]
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+
+from zetl.filters.expr import compile_expression
+from zetl.tables import compile_pattern
+
+__all__ = ["ColumnFilterConfig", "FiltersConfig", "MaskKind", "TableFilterConfig"]
+
+MaskKind = Literal["hash", "null"]
 
 
-class FiltersConfig(BaseModel):
+class _Model(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+
+class ColumnFilterConfig(_Model):
+    include: list[str] = Field(default_factory=list)
+    """Columns to keep (all when empty): exact names or globs (``addr_*``). Primary-key columns are
+    always kept."""
+    exclude: list[str] = Field(default_factory=list)
+    """Columns to leave out: exact names or globs. A primary-key column cannot be excluded."""
+    mask: dict[str, MaskKind] = Field(default_factory=dict)
+    """Column -> ``hash`` (HMAC-SHA256 of the value with ``filters.salt``, as 64 hex characters;
+    the target column becomes a string) or ``null`` (the value is replaced by NULL)."""
+
+    @field_validator("mask", mode="before")
+    @classmethod
+    def _null_means_null(cls, value: Any) -> Any:
+        # `ssn: null` in YAML arrives as None: it means the 'null' mask.
+        if isinstance(value, dict):
+            return {k: "null" if v is None else v for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _masked_columns_are_kept(self) -> ColumnFilterConfig:
+        for column in self.mask:
+            if any(fnmatch.fnmatchcase(column, p) for p in self.exclude):
+                raise ValueError(f"column '{column}' is both excluded and masked; keep one of the two")
+        return self
+
+    def keeps(self, column: str) -> bool:
+        if self.include and not any(fnmatch.fnmatchcase(column, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(column, p) for p in self.exclude)
+
+
+class TableFilterConfig(_Model):
+    columns: ColumnFilterConfig = Field(default_factory=ColumnFilterConfig)
+    """Which columns reach the sink, and which are masked."""
+    rows: str | None = None
+    """A row filter: only rows for which it is true reach the sink, e.g.
+    ``status != 'deleted' and amount >= 100``. Comparisons, ``and``/``or``/``not``, ``in (...)``,
+    ``is [not] null``, ``[not] like '%x_'``, ``+ - * /``, ``lower``, ``upper``, ``length``,
+    ``coalesce``. An UPDATE that moves a row out of the filter deletes it in the target; one that
+    moves a row into the filter inserts it."""
+
+    @field_validator("rows")
+    @classmethod
+    def _parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            compile_expression(value)  # ExpressionError is a ValueError: reported with file:line
+        return value
+
+
+class FiltersConfig(_Model):
     """Column and row filters per table."""
 
-    model_config = {"extra": "forbid", "frozen": True}
+    salt: SecretStr | None = None
+    """Key of the ``hash`` mask (required when a column is hashed). Keep it secret and stable:
+    changing it changes every hashed value. Use ``${env:VAR}`` or ``${file:path}``."""
+    tables: dict[str, TableFilterConfig] = Field(default_factory=dict)
+    """Table pattern -> filters; the first pattern matching a table applies."""
+
+    @field_validator("tables")
+    @classmethod
+    def _patterns(cls, value: dict[str, TableFilterConfig]) -> dict[str, TableFilterConfig]:
+        for pattern in value:
+            compile_pattern(pattern)
+        return value
+
+    @model_validator(mode="after")
+    def _salt_for_hash(self) -> FiltersConfig:
+        hashed = [f"{t}.{c}" for t, f in self.tables.items() for c, kind in f.columns.mask.items() if kind == "hash"]
+        if hashed and (self.salt is None or not self.salt.get_secret_value()):
+            raise ValueError(f"'salt' is required when a column is masked with 'hash' ({', '.join(hashed)}); e.g. salt: ${{env:ZETL_MASK_SALT}}")
+        return self
+
+    def for_table(self, table: object) -> TableFilterConfig | None:
+        """The filters of ``table`` (first matching pattern), or None."""
+        for pattern, config in self.tables.items():
+            if compile_pattern(pattern).matches(str(table)):
+                return config
+        return None

@@ -1,0 +1,77 @@
+"""Golden tests of flattening (tests/golden/flatten/documents.txt) and its stability rules."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+import pytest
+
+from golden_util import Case, check, params
+from zetl.events import UNCHANGED, TableId
+from zetl.flatten import FlattenConfig, Flattener
+from zetl.schema.types import Field, Schema, T
+
+SCHEMA = Schema.of(TableId("s", "t"), [Field("id", T.int64), Field("doc", T.json)], ["id"])
+
+
+def render(schema: Schema, rows: list[dict]) -> str:
+    columns = ", ".join(f"{f.name} {f.type}" for f in schema.fields if f.name != "id")
+    return f"{columns} => {orjson.dumps([{k: v for k, v in r.items() if k != 'id'} for r in rows]).decode()}"
+
+
+@params("flatten/documents.txt", 3)
+def test_flatten(case: Case) -> None:
+    unnest, documents = case.inputs
+    table = Flattener(FlattenConfig(unnest=unnest)).for_table(SCHEMA.table)  # type: ignore[arg-type]
+    observed, _ = table.observe(SCHEMA, [{"id": i, "doc": d} for i, d in enumerate(orjson.loads(documents))])
+    rows = table.finish(observed)
+    check(case, render(table.schema(SCHEMA), rows))  # type: ignore[arg-type]
+
+
+def test_types_only_widen_across_batches() -> None:
+    table = Flattener(FlattenConfig(unnest="top_level")).for_table(SCHEMA.table)
+    _, changed = table.observe(SCHEMA, [{"id": 1, "doc": {"n": 1}}])
+    assert changed
+    _, changed = table.observe(SCHEMA, [{"id": 2, "doc": {"n": "x"}}])
+    assert changed and table.schema(SCHEMA).field("doc.n").type == T.string()
+    observed, changed = table.observe(SCHEMA, [{"id": 3, "doc": {"n": 7}}])
+    assert not changed, "an int after a string must not flip the type back"
+    assert table.finish(observed)[0]["doc.n"] == "7"  # type: ignore[index]
+
+
+def test_unchanged_document_leaves_every_flattened_column_unchanged() -> None:
+    table = Flattener(FlattenConfig(unnest="top_level")).for_table(SCHEMA.table)
+    table.observe(SCHEMA, [{"id": 1, "doc": {"a": 1, "b": 2}}])
+    observed, _ = table.observe(SCHEMA, [{"id": 1, "doc": UNCHANGED}])
+    assert table.finish(observed) == [{"id": 1, "doc.a": UNCHANGED, "doc.b": UNCHANGED, "doc": UNCHANGED}]
+
+
+def test_max_columns_keeps_further_keys_in_the_json_column(caplog: pytest.LogCaptureFixture) -> None:
+    table = Flattener(FlattenConfig(unnest="top_level", max_columns=3), logging.getLogger("test.flatten")).for_table(SCHEMA.table)
+    with caplog.at_level(logging.WARNING):
+        observed, _ = table.observe(SCHEMA, [{"id": 1, "doc": {"a": 1, "b": 2, "c": 3}}])
+    assert table.finish(observed) == [{"id": 1, "doc.a": 1, "doc": {"b": 2, "c": 3}}]
+    assert "max_columns=3" in caplog.text
+
+
+def test_seed_from_sink_continues_inference_and_skips_redirect_columns() -> None:
+    sink = Schema.of(
+        SCHEMA.table,
+        [Field("id", T.int64), Field("doc", T.json), Field("doc.a", T.int64), Field("doc.a__string", T.string())],
+        ["id"],
+    )
+    table = Flattener(FlattenConfig(unnest="top_level")).for_table(SCHEMA.table)
+    table.seed(SCHEMA, sink)
+    assert table.schema(SCHEMA).names == ("id", "doc", "doc.a")
+    _, changed = table.observe(SCHEMA, [{"id": 1, "doc": {"a": 5}}])
+    assert not changed
+
+
+def test_per_table_settings_first_pattern_wins() -> None:
+    config = FlattenConfig.model_validate({"unnest": "none", "tables": {"s.*": {"unnest": "full", "columns": ["payload"]}}})
+    assert config.for_table(TableId("s", "t")).unnest == "full"
+    assert config.for_table(TableId("x", "t")).unnest == "none"
+    table = Flattener(config).for_table(TableId("s", "t"))
+    schema = Schema.of(TableId("s", "t"), [Field("id", T.int64), Field("doc", T.json), Field("payload", T.json)], ["id"])
+    assert table.json_columns(schema) == ["payload"]

@@ -1,0 +1,234 @@
+"""Applying a table's filters: row filter first (on the source's full row), then column
+selection and masks.
+
+``TableFilter`` is bound to one table and its source schema. It changes the schema the sink
+sees (``target_schema``: excluded columns gone, hashed columns become strings, null-masked
+columns nullable) and each row accordingly, on ``ChangeEvent`` rows and on Arrow chunks alike.
+
+Row-filter semantics for changes:
+
+* READ / INSERT: kept when the new row passes.
+* DELETE: dropped when the old row is known and does not pass (it never reached the target);
+  otherwise kept (deleting a row that is absent is harmless).
+* UPDATE: old passes, new passes -> UPDATE; old fails, new passes -> INSERT; old passes, new
+  fails -> DELETE; both fail -> dropped. When the old row is not known (only its key), an update
+  that passes stays an UPDATE (sinks upsert) and one that fails becomes a DELETE.
+* TRUNCATE: always kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+import orjson
+
+from zetl.errors import SchemaError
+from zetl.events import UNCHANGED, ChangeEvent, Op, RowChunk
+from zetl.filters.config import FiltersConfig, TableFilterConfig
+from zetl.filters.expr import Predicate, compile_expression
+from zetl.schema.types import Field, Schema, T, TypeKind
+
+__all__ = ["TableFilter", "canonical_bytes", "mask_hash"]
+
+
+def canonical_bytes(value: Any) -> bytes:
+    """The bytes a value is hashed from; equal values give equal bytes whichever path (event
+    or Arrow chunk) they came by."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    return str(value).encode()
+
+
+def mask_hash(salt: bytes, value: Any) -> Any:
+    """HMAC-SHA256 of the value, hex; NULL stays NULL and ``UNCHANGED`` stays unchanged."""
+    if value is None or value is UNCHANGED:
+        return value
+    return hmac.new(salt, canonical_bytes(value), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class TableFilter:
+    """The filters of one table, bound to its source schema."""
+
+    source_schema: Schema
+    target_schema: Schema
+    kept: tuple[str, ...]
+    hashed: frozenset[str]
+    nulled: frozenset[str]
+    predicate: Predicate | None
+    salt: bytes
+    json_columns: frozenset[str]
+
+    @classmethod
+    def build(cls, config: FiltersConfig, schema: Schema) -> TableFilter | None:
+        """The filter of ``schema``'s table, or None when no filter applies to it.
+
+        Raises:
+            SchemaError: a primary-key column is excluded or masked with null, or the row
+                filter names a column the table does not have.
+        """
+        table_config = config.for_table(schema.table)
+        if table_config is None:
+            return None
+        return cls._build(table_config, config, schema)
+
+    @classmethod
+    def _build(cls, tc: TableFilterConfig, config: FiltersConfig, schema: Schema) -> TableFilter:
+        where = f"filters.tables for {schema.table}"
+        for column, kind in tc.columns.mask.items():
+            if column not in schema:
+                raise SchemaError(f"{where}: masked column '{column}' is not a column of {schema.table} (columns: {', '.join(schema.names)})", table=str(schema.table), column=column)
+            if kind == "null" and column in schema.primary_key:
+                raise SchemaError(f"{where}: '{column}' is part of the primary key and cannot be masked with null; use 'hash'", table=str(schema.table), column=column)
+        fields: list[Field] = []
+        kept: list[str] = []
+        for f in schema.fields:
+            if not tc.columns.keeps(f.name):
+                if f.name in schema.primary_key:
+                    raise SchemaError(
+                        f"{where}: '{f.name}' is part of the primary key of {schema.table} and cannot be excluded; rows are matched by it",
+                        table=str(schema.table),
+                        column=f.name,
+                    )
+                continue
+            kind = tc.columns.mask.get(f.name)
+            if kind == "hash":
+                f = replace(f, type=T.string(64), source_type=f"hash of {f.source_type or f.type}")
+            elif kind == "null":
+                f = replace(f, nullable=True)
+            fields.append(f)
+            kept.append(f.name)
+        predicate = None
+        if tc.rows is not None:
+            predicate = compile_expression(tc.rows)
+            missing = sorted(predicate.columns - set(schema.names))
+            if missing:
+                raise SchemaError(
+                    f"{where}: the row filter {tc.rows!r} names column(s) {', '.join(missing)} that {schema.table} does not have (columns: {', '.join(schema.names)})",
+                    table=str(schema.table),
+                    column=missing[0],
+                )
+        target = Schema(schema.table, tuple(fields), schema.primary_key, schema.version)
+        salt = config.salt.get_secret_value().encode() if config.salt is not None else b""
+        masks = tc.columns.mask
+        return cls(
+            schema,
+            target,
+            tuple(kept),
+            frozenset(c for c, k in masks.items() if k == "hash"),
+            frozenset(c for c, k in masks.items() if k == "null"),
+            predicate,
+            salt,
+            frozenset(f.name for f in schema.fields if f.type.kind is TypeKind.JSON),
+        )
+
+    @property
+    def shapes_columns(self) -> bool:
+        return len(self.kept) != len(self.source_schema.fields) or bool(self.hashed or self.nulled)
+
+    # -- rows -----------------------------------------------------------------------------
+    def shape_row(self, row: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """The row with only the kept columns, masks applied (columns the row lacks stay absent)."""
+        if row is None or not self.shapes_columns:
+            return row
+        out: dict[str, Any] = {}
+        for name in self.kept:
+            if name not in row:
+                continue
+            value = row[name]
+            if name in self.hashed:
+                value = mask_hash(self.salt, value)
+            elif name in self.nulled and value is not UNCHANGED:
+                value = None
+            out[name] = value
+        return out
+
+    def apply_event(self, event: ChangeEvent) -> ChangeEvent | None:
+        """The event as the target must see it (None: it does not reach the target)."""
+        if event.op is Op.TRUNCATE:
+            return event
+        if self.predicate is not None:
+            routed = self._route(event)
+            if routed is None:
+                return None
+            event = routed
+        if not self.shapes_columns:
+            return event
+        return replace(event, before=self.shape_row(event.before), after=self.shape_row(event.after))
+
+    def _route(self, event: ChangeEvent) -> ChangeEvent | None:
+        assert self.predicate is not None
+        match = self.predicate.matches
+        if event.op in (Op.READ, Op.INSERT):
+            return event if match(event.after or {}) is not False else None
+        if event.op is Op.DELETE:
+            return None if event.before is not None and match(event.before) is False else event
+        # UPDATE: fill unchanged values of the new row from the old one where it has them.
+        before = event.before
+        after = dict(event.after or {})
+        if before is not None:
+            for k, v in after.items():
+                if v is UNCHANGED and k in before and before[k] is not UNCHANGED:
+                    after[k] = before[k]
+        was = match(before) if before is not None else None
+        now = match(after)
+        if now is None:
+            return event  # cannot tell (a needed value is unchanged and unknown): apply as is
+        if now:
+            if was is False:
+                return ChangeEvent(event.table, Op.INSERT, None, after, event.position, event.commit_ts, event.txid)
+            return event
+        if was is False:
+            return None
+        old = before if before is not None else after
+        return ChangeEvent(event.table, Op.DELETE, old, None, event.position, event.commit_ts, event.txid)
+
+    def apply_chunk(self, chunk: RowChunk) -> RowChunk | None:
+        """The chunk filtered and shaped, vectorised (None when no row is left)."""
+        rows = chunk.rows
+        if self.predicate is not None:
+            rows = self.predicate.arrow_filter(rows)
+            if rows.num_rows == 0:
+                return None
+        if self.shapes_columns:
+            rows = self._shape_arrow(rows)
+        return replace(chunk, rows=rows)
+
+    def _shape_arrow(self, rows: Any) -> Any:
+        import pyarrow as pa
+
+        from zetl.arrow import arrow_field, python_converters
+
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
+        converters = python_converters(table.schema)
+        columns: list[Any] = []
+        fields: list[Any] = []
+        for name in self.kept:
+            if name not in table.column_names:
+                continue
+            target_field = arrow_field(self.target_schema.field(name))
+            column = table[name]
+            if name in self.hashed:
+                convert = converters.get(name)
+                values = column.to_pylist()
+                if convert is not None:
+                    values = [convert(v) for v in values]
+                column = pa.array([mask_hash(self.salt, v) for v in values], pa.string())
+            elif name in self.nulled:
+                column = pa.nulls(table.num_rows, column.type)
+            columns.append(column)
+            fields.append(target_field.with_type(column.type))
+        result = pa.Table.from_arrays(columns, schema=pa.schema(fields))
+        if isinstance(rows, pa.RecordBatch):
+            batches = result.combine_chunks().to_batches()
+            return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=result.schema)
+        return result
