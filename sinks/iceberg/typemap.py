@@ -151,6 +151,13 @@ def _shape(itype: Any) -> str:
     return str(itype)
 
 
+def describe(dtype: DataType) -> tuple[str, str]:
+    """``(iceberg type, canonical type read back from it)`` for the golden test."""
+    counter = iter(range(100, 10_000))
+    itype = to_iceberg(dtype, lambda: next(counter))
+    return _shape(itype), str(from_iceberg(itype))
+
+
 def golden_lines() -> Iterator[str]:
     """One line per canonical example type: ``canonical -> iceberg -> canonical read back``."""
     examples = [
