@@ -1,14 +1,28 @@
-"""Between source and sink: table schemas, the planner's decisions, and row shaping.
+"""Between source and sink: filters, flattening, the planner's decisions, and row shaping.
 
-``SchemaPipeline`` keeps the source's schema of every table, plans each reported schema change
-against the sink's schema with the integration's policy, applies the planned changes to the sink,
-records every decision in the schema history, and reshapes rows to the target's columns.
+``SchemaPipeline`` keeps the source's schema of every table and derives from it the schema the
+sink must have (``effective_schema``: the table's filters, then flattening). It plans each change
+against the sink's schema with the integration's policy, applies the planned changes, records
+every decision in the schema history, and reshapes rows to the target's columns.
+
+Order of work on a batch (the same for ``ChangeEvent`` rows and Arrow chunks):
+
+1. the source's schema changes (planned and applied first);
+2. per table: row filter and column filter/masks (``zetl.filters.apply``);
+3. flattening of json columns; keys seen for the first time and widened types are schema
+   changes planned and applied before the rows are written;
+4. rows reshaped to the target (``SchemaPlan.column_map``: values routed to another column or
+   not written when the policy did not add their column).
+
+``zetl drift`` uses ``effective_schema`` and ``plan_table`` too, so it reports exactly what the
+daemon would do.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import replace
 from typing import Any, Mapping
 
@@ -17,9 +31,11 @@ import orjson
 from zetl.config.model import IntegrationConfig
 from zetl.errors import SchemaError
 from zetl.events import Batch, ChangeEvent, Op, Position, RowChunk, TableId
+from zetl.filters.apply import TableFilter
+from zetl.flatten import Flattener
 from zetl.schema.changes import CreateTable, SchemaChange, TruncateTable
-from zetl.schema.planner import SchemaPlan, apply_change, plan
-from zetl.schema.types import Schema
+from zetl.schema.planner import PlanStep, SchemaPlan, apply_change, plan
+from zetl.schema.types import Schema, TypeKind
 from zetl.sink import Sink
 from zetl.statedb import StateDB
 
@@ -27,31 +43,46 @@ __all__ = ["SchemaHistory", "SchemaPipeline"]
 
 
 class SchemaHistory:
-    """Every schema decision of an integration: what changed, when, at which position, what was done."""
+    """Every schema decision of an integration: what changed, when, at which source position,
+    and what was done (``zetl drift --history``). Entries are kept in insertion order."""
 
     def __init__(self, db: StateDB | None, integration: str) -> None:
         self.db = db
         self.integration = integration
 
+    def record_step(self, table: TableId, step: PlanStep, position: Position | None) -> None:
+        self._insert(table, str(step.detected), position, step.decision, step.reason + _applied(step))
+
     def record(self, table: TableId, plan_: SchemaPlan, position: Position | None) -> None:
+        for step in plan_.steps:
+            self.record_step(table, step, position)
+
+    def _insert(self, table: TableId, change: str, position: Position | None, decision: str, reason: str) -> None:
         if self.db is None:
             return
-        conn = self.db.connect()
         pos = orjson.dumps(position.to_json()).decode() if position is not None else None
-        for step in plan_.steps:
-            conn.execute(
-                "INSERT INTO schema_history (integration, at, table_name, change, position, decision, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (self.integration, time.time(), str(table), str(step.detected), pos, step.decision, step.reason),
-            )
+        self.db.connect().execute(
+            "INSERT INTO schema_history (integration, at, table_name, change, position, decision, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.integration, time.time(), str(table), change, pos, decision, reason),
+        )
 
-    def entries(self) -> list[dict[str, Any]]:
+    def entries(self, table: str | None = None) -> list[dict[str, Any]]:
+        """The recorded decisions, oldest first (of one table when ``table`` is given)."""
         if self.db is None:
             return []
-        rows = self.db.connect().execute(
-            "SELECT at, table_name, change, position, decision, reason FROM schema_history WHERE integration = ? ORDER BY id",
-            (self.integration,),
-        ).fetchall()
+        query = "SELECT at, table_name, change, position, decision, reason FROM schema_history WHERE integration = ?"
+        params: tuple[Any, ...] = (self.integration,)
+        if table is not None:
+            query += " AND table_name = ?"
+            params += (table,)
+        rows = self.db.connect().execute(query + " ORDER BY id", params).fetchall()
         return [dict(zip(("at", "table", "change", "position", "decision", "reason"), r)) for r in rows]
+
+
+def _applied(step: PlanStep) -> str:
+    if step.changes and (len(step.changes) > 1 or step.changes[0] != step.detected):
+        return "; applied: " + "; ".join(str(c) for c in step.changes)
+    return ""
 
 
 class SchemaPipeline:
@@ -65,18 +96,59 @@ class SchemaPipeline:
         self.source_schemas: dict[TableId, Schema] = {}
         self.target_schemas: dict[TableId, Schema | None] = {}
         self.column_maps: dict[TableId, dict[str, str | None]] = {}
+        self.filters: dict[TableId, TableFilter | None] = {}
+        self.flattener = Flattener(getattr(config, "flatten", None) or _default_flatten(), self.log)
+        self._seeded: set[TableId] = set()
+        self._warned: set[str] = set()
         self.schema_changes_applied = 0
+        self.rows_filtered_out = 0
 
+    # -- schemas --------------------------------------------------------------------------
     def _sink_schema(self, table: TableId) -> Schema | None:
         if table not in self.target_schemas:
             self.target_schemas[table] = self.sink.current_schema(table)
         return self.target_schemas[table]
 
-    def _plan_and_apply(self, table: TableId, hints: tuple[SchemaChange, ...], position: Position | None) -> None:
-        source = self.source_schemas.get(table)
+    def _filter(self, table: TableId) -> TableFilter | None:
+        if table not in self.filters:
+            schema = self.source_schemas.get(table)
+            self.filters[table] = TableFilter.build(self.config.filters, schema) if schema is not None else None
+        return self.filters[table]
+
+    def _filtered_schema(self, table: TableId) -> Schema | None:
+        schema = self.source_schemas.get(table)
+        if schema is None:
+            return None
+        table_filter = self._filter(table)
+        return table_filter.target_schema if table_filter is not None else schema
+
+    def effective_schema(self, table: TableId) -> Schema | None:
+        """The schema the sink must have for ``table``: the source's, through the table's
+        filters and flattening (None when the table is gone from the source)."""
+        schema = self._filtered_schema(table)
+        if schema is None:
+            return None
+        flattener = self.flattener.for_table(table)
+        if table not in self._seeded:
+            self._seeded.add(table)
+            flattener.seed(schema, self._sink_schema(table))
+        return flattener.schema(schema)
+
+    def set_source_schema(self, schema: Schema) -> None:
+        self.source_schemas[schema.table] = schema
+        self.filters.pop(schema.table, None)
+
+    def plan_table(self, table: TableId, hints: tuple[SchemaChange, ...] = ()) -> SchemaPlan:
+        """The plan for ``table`` now (pure: nothing is applied)."""
         policy = self.config.schema_evolution.for_table(table)
-        result = plan(source, self._sink_schema(table), policy, can_apply=self.sink.can_apply, hints=hints)
-        if result.steps and self.history is not None:
+        return plan(self.effective_schema(table), self._sink_schema(table), policy, can_apply=self.sink.can_apply, hints=hints)
+
+    def _plan_and_apply(self, table: TableId, hints: tuple[SchemaChange, ...], position: Position | None) -> None:
+        if self.effective_schema(table) is None and self._sink_schema(table) is None:
+            return
+        result = self.plan_table(table, hints)
+        decided = any(s.decision != "skip" for s in result.steps)
+        if self.history is not None and result.steps and (decided or hints):
             self.history.record(table, result, position)
         result.raise_for_failures()
         for change in result.changes:
@@ -84,13 +156,14 @@ class SchemaPipeline:
             self.sink.apply(change)
             self.schema_changes_applied += 1
         for step in result.steps:
-            if step.decision == "skip":
+            if step.decision == "skip" and (hints or f"{table}:{step.detected}" not in self._warned):
+                self._warned.add(f"{table}:{step.detected}")
                 self.log.warning("schema: %s skipped: %s", step.detected, step.reason)
         self.target_schemas[table] = self.sink.current_schema(table) if result.changes else result.target
         self.column_maps[table] = self._column_map(table, result)
 
     def _column_map(self, table: TableId, result: SchemaPlan) -> dict[str, str | None]:
-        source, target = self.source_schemas.get(table), self.target_schemas.get(table)
+        source, target = self.effective_schema(table), self.target_schemas.get(table)
         mapping = dict(result.column_map)
         if source is not None and target is not None:
             for f in source.fields:
@@ -101,32 +174,117 @@ class SchemaPipeline:
     def prepare(self, schemas: list[Schema], position: Position | None = None) -> None:
         """Bring the sink in line with the discovered source schemas before reading."""
         for schema in schemas:
-            self.source_schemas[schema.table] = schema
+            self.set_source_schema(schema)
             self._plan_and_apply(schema.table, (), position)
 
+    # -- batches --------------------------------------------------------------------------
     def process(self, batch: Batch) -> Batch:
-        """Apply the batch's schema changes; return the batch with rows in the target's shape."""
+        """Apply the batch's schema changes; return the batch filtered, flattened and with rows
+        in the target's shape. Row order is kept; events dropped by a row filter are counted
+        in ``rows_filtered_out``."""
         if batch.schema_changes:
-            by_table: dict[TableId, list[SchemaChange]] = {}
-            for change in batch.schema_changes:
-                if isinstance(change, TruncateTable):
-                    continue
-                try:
-                    self.source_schemas[change.table] = apply_change(self.source_schemas.get(change.table), change)  # type: ignore[assignment]
-                except SchemaError:
-                    if not isinstance(change, CreateTable):
-                        raise
-                if self.source_schemas.get(change.table) is None:
-                    self.source_schemas.pop(change.table, None)
-                by_table.setdefault(change.table, []).append(change)
-            for table, hints in by_table.items():
-                self._plan_and_apply(table, tuple(hints), batch.end_position)
-        if not any(self.column_maps.values()):
+            self._source_changes(batch)
+        events = [e for e in (self._event(e, batch.end_position) for e in batch.events) if e is not None]
+        chunks = [c for c in (self._chunk(c) for c in batch.chunks) if c is not None]
+        changed = self._flatten(events, chunks)
+        for table in changed:
+            self._plan_and_apply(table, (), batch.end_position)
+        events = [e for e in (self._reshape(e) for e in events) if e is not None]
+        chunks = [c for c in (self._reshape_chunk(c) for c in chunks) if c is not None]
+        if len(events) == len(batch.events) and len(chunks) == len(batch.chunks) and all(a is b for a, b in zip(events, batch.events)) and all(
+            a is b for a, b in zip(chunks, batch.chunks)
+        ):
             return batch
-        events = tuple(self._reshape(e) for e in batch.events)
-        chunks = tuple(self._reshape_chunk(c) for c in batch.chunks)
-        return replace(batch, events=events, chunks=chunks)
+        return replace(batch, events=tuple(events), chunks=tuple(chunks))
 
+    def _source_changes(self, batch: Batch) -> None:
+        by_table: dict[TableId, list[SchemaChange]] = {}
+        for change in batch.schema_changes:
+            if isinstance(change, TruncateTable):
+                continue
+            try:
+                new = apply_change(self.source_schemas.get(change.table), change)
+            except SchemaError:
+                if not isinstance(change, CreateTable):
+                    raise
+                new = change.schema
+            if new is None:
+                self.source_schemas.pop(change.table, None)
+                self.filters.pop(change.table, None)
+            else:
+                self.set_source_schema(new)
+            by_table.setdefault(change.table, []).append(change)
+        for table, hints in by_table.items():
+            self._plan_and_apply(table, tuple(hints), batch.end_position)
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self.log.warning(message, *args)
+
+    def _event(self, event: ChangeEvent, position: Position | None) -> ChangeEvent | None:
+        if event.op is Op.TRUNCATE:
+            policy = self.config.schema_evolution.for_table(event.table)
+            if not policy.allows(TruncateTable.kind) or policy.behavior == "ignore":
+                step = PlanStep(TruncateTable(event.table), "skip", "lossy", "truncate.table is not allowed by the policy; the target keeps its rows")
+                self.log.warning("schema: %s skipped: %s", step.detected, step.reason)
+                if self.history is not None:
+                    self.history.record_step(event.table, step, event.position or position)
+                return None
+            return event
+        table_filter = self._filter(event.table)
+        if table_filter is None:
+            return event
+        result = table_filter.apply_event(event)
+        if result is None:
+            self.rows_filtered_out += 1
+        return result
+
+    def _chunk(self, chunk: RowChunk) -> RowChunk | None:
+        table_filter = self._filter(chunk.table)
+        if table_filter is None:
+            return chunk
+        result = table_filter.apply_chunk(chunk)
+        self.rows_filtered_out += len(chunk) - (len(result) if result is not None else 0)
+        return result
+
+    # -- flattening -----------------------------------------------------------------------
+    def _flatten(self, events: list[ChangeEvent], chunks: list[RowChunk]) -> set[TableId]:
+        """Flatten json columns in place (lists are rebuilt); returns the tables whose
+        flattened columns changed."""
+        tables = {e.table for e in events if e.op is not Op.TRUNCATE} | {c.table for c in chunks}
+        changed: set[TableId] = set()
+        for table in tables:
+            flattener = self.flattener.for_table(table)
+            schema = self._filtered_schema(table)
+            if flattener.unnest == "none" or schema is None or not flattener.json_columns(schema):
+                continue
+            self.effective_schema(table)  # seeds known columns from the sink once
+            event_at = [i for i, e in enumerate(events) if e.table == table and e.op is not Op.TRUNCATE]
+            chunk_at = [i for i, c in enumerate(chunks) if c.table == table]
+            rows: list[Mapping[str, Any] | None] = []
+            for i in event_at:
+                rows += [events[i].before, events[i].after]
+            chunk_rows: list[int] = []
+            for i in chunk_at:
+                decoded = list(_decoded_rows(chunks[i].rows))
+                chunk_rows.append(len(decoded))
+                rows += decoded
+            observed, did_change = flattener.observe(schema, rows)
+            flat = flattener.finish(observed)
+            if did_change:
+                changed.add(table)
+            k = 0
+            for i in event_at:
+                events[i] = replace(events[i], before=flat[k], after=flat[k + 1])
+                k += 2
+            target = flattener.schema(schema)
+            for i, count in zip(chunk_at, chunk_rows):
+                chunks[i] = replace(chunks[i], rows=_arrow_rows(flat[k : k + count], target))  # type: ignore[arg-type]
+                k += count
+        return changed
+
+    # -- reshaping ------------------------------------------------------------------------
     def _map_row(self, mapping: dict[str, str | None], row: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
         if row is None:
             return None
@@ -137,13 +295,19 @@ class SchemaPipeline:
                 out[target] = v
         return out
 
-    def _reshape(self, event: ChangeEvent) -> ChangeEvent:
+    def _reshape(self, event: ChangeEvent) -> ChangeEvent | None:
+        if event.table in self.target_schemas and self.target_schemas[event.table] is None:
+            self._warn_once(f"{event.table}:no-target", "rows of %s are not written: the table does not exist in the target (see the schema plan)", event.table)
+            return None
         mapping = self.column_maps.get(event.table)
         if not mapping or event.op is Op.TRUNCATE:
             return event
         return replace(event, before=self._map_row(mapping, event.before), after=self._map_row(mapping, event.after))
 
-    def _reshape_chunk(self, chunk: RowChunk) -> RowChunk:
+    def _reshape_chunk(self, chunk: RowChunk) -> RowChunk | None:
+        if chunk.table in self.target_schemas and self.target_schemas[chunk.table] is None:
+            self._warn_once(f"{chunk.table}:no-target", "rows of %s are not written: the table does not exist in the target (see the schema plan)", chunk.table)
+            return None
         mapping = self.column_maps.get(chunk.table)
         if not mapping:
             return chunk
@@ -152,3 +316,39 @@ class SchemaPipeline:
         rows = rows.select(keep)
         rows = rows.rename_columns([mapping.get(n, n) or n for n in keep])
         return replace(chunk, rows=rows)
+
+
+def _default_flatten() -> Any:
+    from zetl.flatten import FlattenConfig
+
+    return FlattenConfig()
+
+
+def _decoded_rows(rows: Any) -> Any:
+    """Arrow rows as canonical Python values (json decoded, uuid as UUID)."""
+    from zetl.arrow import python_converters
+
+    converters = python_converters(rows.schema)
+    for row in rows.to_pylist():
+        for name, convert in converters.items():
+            row[name] = convert(row[name])
+        yield row
+
+
+def _arrow_rows(rows: list[dict[str, Any]], schema: Schema) -> Any:
+    """Flattened rows back into an Arrow table laid out per ``zetl.arrow``."""
+    import pyarrow as pa
+
+    from zetl.arrow import arrow_field
+
+    names = [f.name for f in schema.fields if any(f.name in r for r in rows)] if rows else list(schema.names)
+    fields = [schema.field(n) for n in names]
+    arrays = []
+    for f in fields:
+        values = [r.get(f.name) for r in rows]
+        if f.type.kind is TypeKind.JSON:
+            values = [None if v is None else orjson.dumps(v).decode() for v in values]
+        elif f.type.kind is TypeKind.UUID:
+            values = [None if v is None else str(v if isinstance(v, uuid.UUID) else uuid.UUID(str(v))) for v in values]
+        arrays.append(pa.array(values, type=arrow_field(f).type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema([arrow_field(f) for f in fields]))
