@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, Field, field_validator, model_va
 
 from zetl.config.types import Duration
 from zetl.filters.config import FiltersConfig
+from zetl.flatten import FlattenConfig
 from zetl.schema.policy import SchemaEvolutionConfig
 from zetl.tables import TableSelection, compile_pattern
 
@@ -102,6 +103,7 @@ class IntegrationConfig(_Section):
     tables: TablesConfig = Field(default_factory=TablesConfig)
     schema_evolution: SchemaEvolutionConfig = Field(default_factory=SchemaEvolutionConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    flatten: FlattenConfig = Field(default_factory=FlattenConfig)
     batching: BatchingConfig = Field(default_factory=BatchingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
