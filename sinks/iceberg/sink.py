@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -54,7 +56,9 @@ PRIMARY_KEY_PROPERTY = "zetl.primary-key"
 SOURCE_TABLE_PROPERTY = "zetl.source-table"
 MODE_PROPERTY = "zetl.mode"
 CHANGELOG_COLUMNS = ("_op", "_position", "_commit_ts")
-IN_LIST_LIMIT = 200  # pyiceberg stops pruning files with an IN list longer than this
+KILL_ENV = "ZETL_ICEBERG_KILL_AT"
+"""Crash tests only: ``after-commit:N`` SIGKILLs the process right after its N-th commit round
+(Iceberg committed, checkpoint not yet saved); ``mid-round:N`` after the first table of round N."""
 
 
 class IcebergSink(Sink[IcebergConfig]):
@@ -84,6 +88,7 @@ class IcebergSink(Sink[IcebergConfig]):
         self._commits = 0
         self._last_commit_at: float | None = None
         self._last_commit_seconds: float | None = None
+        self._kill_at = _parse_kill_at(os.environ.get(KILL_ENV))
 
     # -- connection ---------------------------------------------------------------------------
     def _catalog_properties(self) -> dict[str, Any]:
@@ -492,10 +497,13 @@ class IcebergSink(Sink[IcebergConfig]):
             started = time.monotonic()
             names = [self._ident_text(t) for t in pending]
             # A fixed order keeps the rounds of a crash-and-replay comparable.
-            for table in sorted(pending, key=str):
+            for i, table in enumerate(sorted(pending, key=str)):
                 self._commit_table(table, pending[table], position, names)
                 self._buffers.pop(table, None)
+                if i == 0 and len(pending) > 1:
+                    self._crash_point("mid-round")
             self._commits += 1
+            self._crash_point("after-commit")
             self._last_commit_at = time.time()
             self._last_commit_seconds = time.monotonic() - started
         self._buffers.clear()
@@ -531,6 +539,11 @@ class IcebergSink(Sink[IcebergConfig]):
             self._tables.pop(table, None)
         self._marks[table] = TableMark(name, position, tuple(round_tables), None)
 
+    def _crash_point(self, where: str) -> None:
+        if self._kill_at is not None and self._kill_at == (where, self._commits + (1 if where == "mid-round" else 0)):
+            self.context.logger.warning("%s=%s:%d reached: killing the process", KILL_ENV, *self._kill_at)
+            os.kill(os.getpid(), signal.SIGKILL)
+
     # -- checkpoint ---------------------------------------------------------------------------
     def _integration_tables(self) -> Iterable[tuple[str, Any]]:
         catalog = self._require_open()
@@ -555,6 +568,15 @@ class IcebergSink(Sink[IcebergConfig]):
             "last_commit_seconds": self._last_commit_seconds,
             "durable_position": str(self._durable) if self._durable is not None else None,
         }
+
+
+def _parse_kill_at(text: str | None) -> tuple[str, int] | None:
+    if not text:
+        return None
+    where, _, count = text.partition(":")
+    if where not in ("after-commit", "mid-round") or not count.isdigit():
+        raise SinkError(f"{KILL_ENV}={text!r} is not understood; write after-commit:N or mid-round:N (crash tests only)")
+    return where, int(count)
 
 
 def _has_field(iceberg_table: Any, name: str) -> bool:
