@@ -66,6 +66,16 @@ class SchemaHistory:
             (self.integration, time.time(), str(table), change, pos, decision, reason),
         )
 
+    def has(self, table: TableId, change: str, decision: str) -> bool:
+        """Whether this decision about this change was recorded before."""
+        if self.db is None:
+            return False
+        row = self.db.connect().execute(
+            "SELECT 1 FROM schema_history WHERE integration = ? AND table_name = ? AND change = ? AND decision = ? LIMIT 1",
+            (self.integration, str(table), change, decision),
+        ).fetchone()
+        return row is not None
+
     def entries(self, table: str | None = None) -> list[dict[str, Any]]:
         """The recorded decisions, oldest first (of one table when ``table`` is given)."""
         if self.db is None:
@@ -147,9 +157,12 @@ class SchemaPipeline:
         if self.effective_schema(table) is None and self._sink_schema(table) is None:
             return
         result = self.plan_table(table, hints)
-        decided = any(s.decision != "skip" for s in result.steps)
-        if self.history is not None and result.steps and (decided or hints):
-            self.history.record(table, result, position)
+        if self.history is not None:
+            for step in result.steps:
+                # A skip repeats on every start while the difference stays (a column kept by a
+                # lenient policy): record it once. Decisions that act are always recorded.
+                if step.decision != "skip" or hints or not self.history.has(table, str(step.detected), "skip"):
+                    self.history.record_step(table, step, position)
         result.raise_for_failures()
         for change in result.changes:
             self.log.info("schema: %s", change)
