@@ -251,6 +251,35 @@ def reset(integration: str, state: str | None, yes: bool) -> None:
     out.print(f"checkpoint of {integration} removed; the next run starts from the beginning")
 
 
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--fail-on", "fail_on", type=click.Choice(["any", "lossy", "breaking"]), default="any", show_default=True, help="Lowest classification that counts as drift.")
+@click.option("--history", "with_history", is_flag=True, help="Also print every schema decision recorded by the daemon.")
+def drift(paths: tuple[str, ...], fmt: str, fail_on: str, with_history: bool) -> None:
+    """Compare the source's and the target's schemas of the integrations in PATHS, and say what
+    the daemon would do with each difference. Changes nothing.
+
+    Exit code: 0 in sync, 1 drift the policy applies, 2 drift the policy rejects, 3 error.
+    """
+    from zetl.drift import EXIT_ERROR, drift_report, render_table
+
+    try:
+        integrations = load_integrations(paths)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            err.print(str(issue), markup=False)
+        sys.exit(EXIT_ERROR)
+    reports = [drift_report(i, fail_on=fail_on, with_history=with_history) for i in integrations]  # type: ignore[arg-type]
+    if fmt == "json":
+        data = [r.to_json() for r in reports]
+        click.echo(orjson.dumps(data[0] if len(data) == 1 else data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        for report in reports:
+            render_table(report, out)
+    sys.exit(max(r.exit_code for r in reports))
+
+
 _ = collect_files  # re-exported for plugins that add commands
 
 if __name__ == "__main__":
