@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from dataclasses import replace
 from collections.abc import Iterator
 from typing import Any, ClassVar, Sequence
 
 import orjson
 
 from zetl.errors import SchemaError, SinkError, ZetlError
-from zetl.events import Batch, ChangeEvent, Position, TableId
+from zetl.events import Batch, ChangeEvent, Position, RowChunk, TableId
 from zetl.plugin import PluginContext, require
 from zetl.schema.changes import (
     AddColumn,
@@ -40,6 +41,31 @@ from .values import ValueEncoder
 __all__ = ["RedshiftSink"]
 
 _MAX_PARAMS = 32000
+
+
+def _chunk_events(chunk: RowChunk) -> Iterator[ChangeEvent]:
+    """A chunk's rows as events, with JSON text decoded whichever way the source marked it.
+
+    ``RowChunk.events`` decodes columns tagged with ``zetl.type`` metadata; a column that is an
+    ``arrow.json`` extension (or a string tagged json) without that tag still holds JSON text.
+    """
+    import pyarrow as pa
+
+    from zetl.arrow import TYPE_KEY
+
+    undecoded = [
+        f.name
+        for f in chunk.rows.schema
+        if TYPE_KEY not in (f.metadata or {}) and isinstance(f.type, pa.JsonType)
+    ]
+    for event in chunk.events():
+        if undecoded and event.after is not None:
+            after = dict(event.after)
+            for name in undecoded:
+                if isinstance(after.get(name), (str, bytes)):
+                    after[name] = orjson.loads(after[name])
+            event = replace(event, after=after)
+        yield event
 
 
 class RedshiftSink(Sink[RedshiftConfig]):
@@ -401,7 +427,9 @@ class RedshiftSink(Sink[RedshiftConfig]):
             self.log.info("batch up to %s is already in Redshift; skipped", batch.end_position)
             return batch.end_position
         by_table: dict[TableId, list[ChangeEvent]] = {}
-        for event in batch.iter_events():
+        for chunk in batch.chunks:
+            by_table.setdefault(chunk.table, []).extend(_chunk_events(chunk))
+        for event in batch.events:
             by_table.setdefault(event.table, []).append(event)
         now = dt.datetime.now(dt.timezone.utc)
         staged_files: list[StagedBatch] = []

@@ -1,0 +1,162 @@
+"""End to end through the daemon: sources -> Redshift-compatible target (proxy + shim on Postgres).
+
+* The memory source through ``zetl run``, SIGKILLed mid-snapshot and mid-stream, restarted once
+  with the local checkpoint store deleted: history mode keeps one row per change, so every change
+  must be there exactly once, resumed from ``_zetl_checkpoints`` alone.
+* The Postgres source (logical replication) through the runner: snapshot, inserts, updates,
+  deletes, a jsonb document queryable by key in SUPER, and an added column.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Iterator
+
+import psycopg
+import pytest
+import yaml
+from redshift_target.fixtures import *  # noqa: F403  (fixtures: moto_s3, redshift_proxy, redshift_target)
+from redshift_target.target import RedshiftTarget
+
+from zetl.config.load import load_integration
+from zetl.runner import IntegrationRunner
+from zetl.testing.plugins import MemorySourceConfig, expected_rows
+from zetl.testing.servers import PostgresServer
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+SOURCE = {"table": "demo.items", "snapshot_rows": 300, "stream_events": 1500, "events_per_batch": 10, "chunk_rows": 50, "interval": 0.01}
+
+
+def _write_yaml(path: Path, name: str, source: dict[str, Any], sink: dict[str, Any], **extra: Any) -> Path:
+    doc = {"name": name, "source": source, "sink": {"type": "redshift", **sink}, "checkpoint": {"path": str(path.parent / "state.db")}, **extra}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _count(target: RedshiftTarget, sql: str) -> int:
+    try:
+        return int(target.query(sql)[0]["n"])
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
+def _wait(target: RedshiftTarget, sql: str, minimum: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _count(target, sql) >= minimum:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the daemon exited early: {proc.stdout.read().decode() if proc.stdout else ''}")
+        time.sleep(0.05)
+    raise AssertionError(f"{sql} did not reach {minimum} in {timeout}s")
+
+
+def test_sigkill_and_restart_apply_every_change_exactly_once(redshift_target: RedshiftTarget, tmp_path: Path) -> None:
+    config = _write_yaml(
+        tmp_path / "crash.yaml",
+        "rs-crash",
+        {"type": "memory", **SOURCE},
+        redshift_target.sink_config(history_mode=True, load="auto", copy_min_rows=40),
+        batching={"max_rows": 60, "max_delay": "50ms"},
+    )
+    versions = "SELECT count(*) AS n FROM public.items"
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "zetl.cli", "run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    for kill_at in (150, 900):  # during the snapshot, then in the stream
+        proc = start()
+        try:
+            _wait(redshift_target, versions, kill_at, proc)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+    (tmp_path / "state.db").unlink()  # the local checkpoint store is lost: only _zetl_checkpoints remains
+    proc = start()
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output.decode()[-3000:]
+
+    source = MemorySourceConfig(**SOURCE)  # type: ignore[arg-type]
+    stream = redshift_target.query("SELECT _position AS p, count(*) AS n FROM public.items WHERE _op <> 'r' GROUP BY _position")
+    assert len(stream) == SOURCE["stream_events"] and all(r["n"] == 1 for r in stream), "each change exactly once"
+    assert _count(redshift_target, "SELECT count(*) AS n FROM public.items WHERE _op = 'r'") == SOURCE["snapshot_rows"]
+    current = {r["id"]: r for r in redshift_target.query("SELECT id, name, amount FROM public.items WHERE _valid_to IS NULL")}
+    expected = expected_rows(source)
+    assert set(current) == set(expected)
+    assert all(current[i]["name"] == e["name"] and current[i]["amount"] == e["amount"] for i, e in expected.items())
+    stored = redshift_target.query("SELECT integration, position FROM public._zetl_checkpoints")
+    assert [r["integration"] for r in stored] == ["rs-crash"] and '"offset":1500' in stored[0]["position"].replace(" ", "")
+
+
+@pytest.fixture
+def source_database(pg_server: PostgresServer) -> Iterator[str]:
+    name = "rs_source_db"
+    pg_server.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pg_server.psql(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        pg_server.psql(f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{name}' AND NOT active")
+        pg_server.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _until(check: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last is True:
+                return
+        except psycopg.errors.UndefinedTable as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"condition not met in {timeout}s; last: {last!r}")
+
+
+def test_postgres_to_redshift_end_to_end(pg_server: PostgresServer, source_database: str, redshift_target: RedshiftTarget, tmp_path: Path) -> None:
+    src = psycopg.connect(pg_server.dsn(source_database), autocommit=True)
+    src.execute("CREATE TABLE public.orders (id int PRIMARY KEY, customer text NOT NULL, total numeric(12,2), doc jsonb, notes text)")
+    src.execute("ALTER TABLE public.orders ALTER COLUMN notes SET STORAGE EXTERNAL")
+    src.execute(
+        "INSERT INTO public.orders SELECT g, 'c' || g, g * 1.5, jsonb_build_object('customer', jsonb_build_object('name', 'cust ' || g), 'lines', jsonb_build_array(g)), "
+        "repeat('n', 5000) FROM generate_series(1, 20) g"
+    )
+    config = _write_yaml(
+        tmp_path / "pg.yaml",
+        "pg-to-redshift",
+        {"type": "postgres", "host": pg_server.host, "port": pg_server.port, "database": source_database, "user": "postgres", "heartbeat_interval": 0.5},
+        redshift_target.sink_config(),
+        tables=["public.orders"],
+        batching={"max_delay": "100ms"},
+    )
+    runner = IntegrationRunner(load_integration(config))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        _until(lambda: redshift_target.query("SELECT count(*) AS n FROM public.orders")[0]["n"] == 20)
+        src.execute("INSERT INTO public.orders VALUES (21, 'c21', 1.00, '{\"customer\": {\"name\": \"new\"}}', 'short')")
+        src.execute("UPDATE public.orders SET total = 99.99 WHERE id = 1")  # notes is TOASTed and unchanged
+        src.execute("DELETE FROM public.orders WHERE id = 2")
+        src.execute("ALTER TABLE public.orders ADD COLUMN status varchar(10)")
+        src.execute("INSERT INTO public.orders (id, customer, status) VALUES (22, 'c22', 'open')")
+        _until(lambda: redshift_target.query("SELECT count(*) AS n FROM public.orders WHERE id = 22")[0]["n"] == 1)
+    finally:
+        runner.stop.set()
+        thread.join(30)
+        src.close()
+    rows = {r["id"]: r for r in redshift_target.query("SELECT id, customer, total, notes, status FROM public.orders")}
+    assert set(rows) == set(range(1, 23)) - {2}
+    assert rows[1]["total"] == Decimal("99.99") and rows[1]["notes"] == "n" * 5000, "unchanged TOAST value kept"
+    assert rows[22]["status"] == "open" and rows[21]["notes"] == "short"
+    by_key = redshift_target.query(
+        "SELECT id, json_extract_path_text(json_serialize(doc), 'customer', 'name') AS name FROM public.orders WHERE id IN (3, 21) ORDER BY id"
+    )
+    assert by_key == [{"id": 3, "name": "cust 3"}, {"id": 21, "name": "new"}]
