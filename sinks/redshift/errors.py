@@ -41,7 +41,9 @@ def map_driver_error(exc: BaseException, *, action: str, table: str | None = Non
         return SinkConnectionError(f"lost or could not open the Redshift connection while {action}{where}: {exc}; zetl retries")
     if state.startswith("08"):
         return SinkConnectionError(text + "; zetl retries")
-    retryable = state.startswith(_RETRYABLE_STATES) or (state == "XX000" and any(t in message.lower() for t in _RETRYABLE_TEXT))
+    # Redshift reports a serialization conflict as XX000 "1023" with the explanation in the detail.
+    both = f"{message} {detail or ''}".lower()
+    retryable = state.startswith(_RETRYABLE_STATES) or (state == "XX000" and any(t in both for t in _RETRYABLE_TEXT))
     if state.startswith("42") and "permission" in message.lower():
         text += "; grant the sink's user the needed privileges on the target schema"
     return SinkError(text + ("; zetl retries" if retryable else ""), retryable=retryable)
