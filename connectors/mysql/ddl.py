@@ -99,7 +99,7 @@ class _Context:
     def emit(self, change: SchemaChange) -> None:
         try:
             after = apply_change(self.schemas.get(change.table), change)
-        except SchemaError as exc:
+        except (SchemaError, ValueError) as exc:
             log.info("schema change %s does not fit the tracked schema (%s); already applied", change, exc)
             return
         if after is None:

@@ -16,6 +16,7 @@ from zetl.source import Source
 from zetl_connectors.mysql.catalog import read_schemas
 from zetl_connectors.mysql.config import MySQLConfig, default_server_id
 from zetl_connectors.mysql.connection import connect, connection_settings, map_error, pymysql
+from zetl_connectors.mysql.history import SchemaHistoryFile
 from zetl_connectors.mysql.position import MySQLPosition, SnapshotProgress
 from zetl_connectors.mysql.preflight import ServerInfo, check_settings, server_info
 from zetl_connectors.mysql.snapshot import begin_consistent_snapshot, current_position, estimate_rows, read_table
@@ -55,6 +56,8 @@ class MySQLSource(Source[MySQLConfig]):
         self._assembler: BinlogAssembler | None = None
         self._stream: Any = None
         self._driver: Any = None
+        self._announced: set[TableId] = set()
+        self._generator: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -86,6 +89,12 @@ class MySQLSource(Source[MySQLConfig]):
 
     def close(self) -> None:
         self._closed.set()
+        gen = self._generator
+        if gen is not None:
+            try:
+                gen.close()  # a suspended read(): its cleanup runs now, here
+            except ValueError:
+                pass  # read() is running in another thread: it sees the flag within a heartbeat and cleans up
         if self._reading.acquire(blocking=False):
             try:
                 self._close_connections()
@@ -145,6 +154,10 @@ class MySQLSource(Source[MySQLConfig]):
     def read(self, start: Position | None) -> Iterator[Batch]:
         if start is not None and not isinstance(start, MySQLPosition):
             raise SourceError(f"the checkpoint is a {start.kind!r} position, not a MySQL one; reset the integration's checkpoint", retryable=False)
+        self._generator = self._guarded_read(start)
+        return self._generator
+
+    def _guarded_read(self, start: MySQLPosition | None) -> Iterator[Batch]:
         with self._reading:
             try:
                 yield from self._read(start)
@@ -190,6 +203,8 @@ class MySQLSource(Source[MySQLConfig]):
         base = start if start is not None else begun
         progress = start.snapshot if start is not None and start.snapshot is not None else SnapshotProgress()
         schemas = read_schemas(conn, self.context.tables, mariadb=self.mariadb)
+        self._history().record(base.streaming(), {s.table: s for s in schemas}, complete=True)
+        self._announced = {s.table for s in schemas}
         done = list(progress.done)
         rows_total = progress.rows
         for schema in schemas:
@@ -230,6 +245,9 @@ class MySQLSource(Source[MySQLConfig]):
         yield Batch(end_position=final)
 
     # -- streaming ------------------------------------------------------------------------
+    def _history(self) -> SchemaHistoryFile:
+        return SchemaHistoryFile(self.context.state_dir / "mysql-schema-history.jsonl", self.log)
+
     def _purged(self, position: MySQLPosition) -> bool:
         with self._ctl().cursor() as cur:
             cur.execute("SHOW BINARY LOGS")
@@ -276,7 +294,16 @@ class MySQLSource(Source[MySQLConfig]):
 
     def _streaming(self, start: MySQLPosition) -> Iterator[Batch]:
         self._phase = "stream"
-        schemas = {s.table: s for s in read_schemas(self._ctl(), self.context.tables, mariadb=self.mariadb)}
+        history = self._history()
+        recorded, complete = history.at(start)
+        schemas = {t: s for t, s in recorded.items() if s is not None and self.context.tables.matches(t)}
+        if not complete:
+            # No record of the tables at start (first run with snapshot: never, or a history
+            # lost): their shape now is the best knowledge of their shape then.
+            gone = {t for t, s in recorded.items() if s is None}
+            unknown = {s.table: s for s in read_schemas(self._ctl(), self.context.tables, mariadb=self.mariadb) if s.table not in schemas and s.table not in gone}
+            schemas.update(unknown)
+            history.record(start, dict(schemas), complete=True)
         assembler = BinlogAssembler(
             mariadb=self.mariadb,
             start=start,
@@ -285,6 +312,8 @@ class MySQLSource(Source[MySQLConfig]):
             reread=self._reread,
             max_batch_rows=self.config.max_batch_rows,
             logger=self.log,
+            announced=self._announced,
+            on_schema_change=history.record,
         )
         self._assembler = assembler
         self._last_position = start

@@ -123,6 +123,8 @@ class BinlogAssembler:
         max_batch_rows: int = 10_000,
         max_batch_delay: float = 0.5,
         logger: logging.Logger | None = None,
+        announced: Iterable[TableId] = (),
+        on_schema_change: Callable[[MySQLPosition, dict[TableId, Schema | None]], None] | None = None,
     ) -> None:
         self.mariadb = mariadb
         self.file = start.file
@@ -135,8 +137,12 @@ class BinlogAssembler:
         self.max_batch_delay = max_batch_delay
         self.log = logger or logging.getLogger("zetl.mysql")
         self._decoders: dict[TableId, _TableDecoder] = {}
+        # Tables whose CreateTable this read has handed out (the first batch about a table starts with one).
+        self._announced: set[TableId] = set(announced)
+        self.on_schema_change = on_schema_change
         self._selected: dict[tuple[str, str], TableId | None] = {}
         self._seen_fake_rotate = False
+        self._ddl_tables: set[TableId] = set()
         self.table_maps_dirty = False
         # the transaction being read
         self._in_txn = False
@@ -176,8 +182,15 @@ class BinlogAssembler:
                         " information_schema; re-snapshot the integration (delete its checkpoint) to recover"
                     )
                 self._apply([CreateTable(table, schema)], into_txn=True)
+                self._ddl_tables.add(table)
+            self._announce(table)
             dec = self._decoders[table] = _TableDecoder(self.schemas[table])
         return dec
+
+    def _announce(self, table: TableId) -> None:
+        if table not in self._announced and table in self.schemas:
+            self._announced.add(table)
+            self._txn_changes.append(CreateTable(table, self.schemas[table]))
 
     def _apply(self, changes: Iterable[SchemaChange], *, into_txn: bool) -> None:
         for change in changes:
@@ -187,6 +200,7 @@ class BinlogAssembler:
             else:
                 self.schemas[change.table] = new
             self._decoders.pop(change.table, None)
+            self._announced.add(change.table)
             self._txn_changes.append(change)
 
     # -- events ---------------------------------------------------------------------------
@@ -265,7 +279,12 @@ class BinlogAssembler:
         # A DDL statement: its own transaction. Table maps cached by table id are stale now.
         self.table_maps_dirty = True
         db = event.schema.decode() if isinstance(event.schema, bytes) else str(event.schema or "")
+        before = dict(self.schemas)
         result = interpret(query, db, self.schemas, self.selector)
+        for change in result.changes:
+            if change.table not in self._announced and change.table in before and not isinstance(change, CreateTable):
+                self._announced.add(change.table)
+                self._txn_changes.append(CreateTable(change.table, before[change.table]))
         changes = list(result.changes)
         self.schemas = dict(result.schemas)
         for table in result.created:
@@ -276,6 +295,9 @@ class BinlogAssembler:
                 changes.append(CreateTable(table, schema))
                 self.schemas[table] = schema
         for table in dict.fromkeys(result.reread):
+            if table not in self._announced and table in self.schemas:
+                self._announced.add(table)
+                self._txn_changes.append(CreateTable(table, self.schemas[table]))
             new = self.reread(table)
             diff = diff_schemas(self.schemas.get(table), new, table)
             self.log.warning("schema of %s re-read from information_schema after %r: %s", table, query, ", ".join(map(str, diff)) or "no change")
@@ -288,7 +310,9 @@ class BinlogAssembler:
             changes.extend(diff)
         for change in changes:
             self._decoders.pop(change.table, None)
+            self._announced.add(change.table)
         self._txn_changes.extend(changes)
+        self._ddl_tables.update(c.table for c in changes)
         for table in result.truncated:
             self._txn_rows.append((table, Op.TRUNCATE, None, None, event.timestamp))
         self._selected.clear()
@@ -299,6 +323,10 @@ class BinlogAssembler:
             self.gtids.add(self._txn_gtid)
         gtid = str(self.gtids) or None
         self.position = MySQLPosition(self.file, event.packet.log_pos, gtid)
+        if self._ddl_tables:
+            if self.on_schema_change is not None:
+                self.on_schema_change(self.position, {t: self.schemas.get(t) for t in sorted(self._ddl_tables)})
+            self._ddl_tables = set()
         out: list[Batch] = []
         if self._txn_changes and (self._pending_events or self._pending_changes):
             out.extend(self._flush())
