@@ -58,7 +58,8 @@ MODE_PROPERTY = "zetl.mode"
 CHANGELOG_COLUMNS = ("_op", "_position", "_commit_ts")
 KILL_ENV = "ZETL_ICEBERG_KILL_AT"
 """Crash tests only: ``after-commit:N`` SIGKILLs the process right after its N-th commit round
-(Iceberg committed, checkpoint not yet saved); ``mid-round:N`` after the first table of round N."""
+(Iceberg committed, checkpoint not yet saved); ``mid-round:N`` after the first table of its N-th
+round that spans several tables (the other tables not committed yet)."""
 
 
 class IcebergSink(Sink[IcebergConfig]):
@@ -89,6 +90,7 @@ class IcebergSink(Sink[IcebergConfig]):
         self._last_commit_at: float | None = None
         self._last_commit_seconds: float | None = None
         self._kill_at = _parse_kill_at(os.environ.get(KILL_ENV))
+        self._multi_table_rounds = 0
 
     # -- connection ---------------------------------------------------------------------------
     def _catalog_properties(self) -> dict[str, Any]:
@@ -501,9 +503,10 @@ class IcebergSink(Sink[IcebergConfig]):
                 self._commit_table(table, pending[table], position, names)
                 self._buffers.pop(table, None)
                 if i == 0 and len(pending) > 1:
-                    self._crash_point("mid-round")
+                    self._multi_table_rounds += 1
+                    self._crash_point("mid-round", self._multi_table_rounds)
             self._commits += 1
-            self._crash_point("after-commit")
+            self._crash_point("after-commit", self._commits)
             self._last_commit_at = time.time()
             self._last_commit_seconds = time.monotonic() - started
         self._buffers.clear()
@@ -539,8 +542,8 @@ class IcebergSink(Sink[IcebergConfig]):
             self._tables.pop(table, None)
         self._marks[table] = TableMark(name, position, tuple(round_tables), None)
 
-    def _crash_point(self, where: str) -> None:
-        if self._kill_at is not None and self._kill_at == (where, self._commits + (1 if where == "mid-round" else 0)):
+    def _crash_point(self, where: str, count: int) -> None:
+        if self._kill_at == (where, count):
             self.context.logger.warning("%s=%s:%d reached: killing the process", KILL_ENV, *self._kill_at)
             os.kill(os.getpid(), signal.SIGKILL)
 
