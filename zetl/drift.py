@@ -9,12 +9,13 @@ Exit codes (``DriftReport.exit_code``):
 * 0: in sync (nothing left to do, or only differences below ``--fail-on``);
 * 1: drift the policy applies (the daemon would change the target, or keep a difference on
   purpose it has not recorded yet);
-* 2: drift the policy rejects (the daemon would stop on it);
+* 2: drift the policy rejects (the daemon would stop on it, or the policy refuses to apply it:
+  ``ignore``, an excluded change kind);
 * 3: error (configuration, connection, ...).
 
-A difference the daemon has already decided to keep (a skip recorded in the schema history, such
-as a column dropped in the source that a lenient policy keeps) is reported as ``kept`` and does not
-count as drift. ``--fail-on lossy|breaking`` counts only steps of that classification or worse.
+A difference the policy keeps on purpose (``kept_by_policy``: a column dropped in the source that a
+lenient policy keeps, what try_evolve tolerates) and that the daemon has already recorded in the
+schema history is reported as ``kept`` and does not count as drift. ``--fail-on lossy|breaking`` counts only steps of that classification or worse.
 
 JSON format (``--format json``), stable for CI::
 
@@ -34,7 +35,7 @@ JSON format (``--format json``), stable for CI::
         "type_differences": [{"column": "amount", "source": "decimal(14,2)", "target": "decimal(12,2)"}],
         "steps": [{"kind": "add.column", "column": "coupon", "detected": "add column ...",
                    "decision": "apply" | "skip" | "fail", "classification": "safe" | "lossy" | "breaking",
-                   "reason": "...", "changes": ["add column ..."], "kept": false}]
+                   "reason": "...", "changes": ["add column ..."], "kept_by_policy": false, "kept": false}]
       }],
       "history": [{"at": 1732480000.0, "table": "...", "change": "...", "position": "...",
                    "decision": "...", "reason": "..."}]     (only with --history)
@@ -95,13 +96,16 @@ class TableDrift:
         return out
 
     def counted(self, fail_on: FailOn) -> list[PlanStep]:
-        """The steps that count for the exit code."""
+        """The steps that count for the exit code (at or above ``fail_on``, not yet kept)."""
         threshold = 0 if fail_on == "any" else CLASSIFICATION_RANK[fail_on]
         return [s for i, s in enumerate(self.plan.steps) if i not in self.kept and CLASSIFICATION_RANK[s.classification] >= threshold]
 
     def status(self, fail_on: FailOn = "any") -> str:
+        """``rejected``: a step fails, or is skipped because the policy refuses it (ignore,
+        excluded kind); ``drift``: a step the daemon would apply, or keep on purpose without
+        having recorded it yet; ``in_sync`` otherwise."""
         steps = self.counted(fail_on)
-        if any(s.decision == "fail" for s in steps):
+        if any(s.decision == "fail" or (s.decision == "skip" and not s.kept) for s in steps):
             return "rejected"
         return "drift" if steps else "in_sync"
 
@@ -184,9 +188,7 @@ def drift_report(integration: Integration, *, fail_on: FailOn = "any", with_hist
                 continue
             pipeline.set_source_schema(schema)
             plan = pipeline.plan_table(schema.table)
-            kept = {
-                i for i, step in enumerate(plan.steps) if step.decision == "skip" and history.has(schema.table, str(step.detected), "skip")
-            }
+            kept = {i for i, step in enumerate(plan.steps) if step.kept and history.has(schema.table, str(step.detected), "skip")}
             report.tables.append(TableDrift(schema.table, pipeline.effective_schema(schema.table), sink.current_schema(schema.table), plan, kept))
         if with_history:
             report.history = history.entries()

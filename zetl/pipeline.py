@@ -174,6 +174,12 @@ class SchemaPipeline:
                 self.log.warning("schema: %s skipped: %s", step.detected, step.reason)
         self.target_schemas[table] = self.sink.current_schema(table) if result.changes else result.target
         self.column_maps[table] = self._column_map(table, result)
+        if hints and self.history is not None and self.target_schemas[table] is not None:
+            # Record what the policy keeps from now on (e.g. the old column of a lenient
+            # rename), so that `zetl drift` knows these differences were decided.
+            for step in self.plan_table(table).steps:
+                if step.decision == "skip" and not self.history.has(table, str(step.detected), "skip"):
+                    self.history.record_step(table, step, position)
 
     def _column_map(self, table: TableId, result: SchemaPlan) -> dict[str, str | None]:
         source, target = self.effective_schema(table), self.target_schemas.get(table)
@@ -275,26 +281,27 @@ class SchemaPipeline:
             self.effective_schema(table)  # seeds known columns from the sink once
             event_at = [i for i, e in enumerate(events) if e.table == table and e.op is not Op.TRUNCATE]
             chunk_at = [i for i, c in enumerate(chunks) if c.table == table]
+            # Chunks come first, as in the order of application, so keys are met in data order.
             rows: list[Mapping[str, Any] | None] = []
-            for i in event_at:
-                rows += [events[i].before, events[i].after]
             chunk_rows: list[int] = []
             for i in chunk_at:
                 decoded = list(_decoded_rows(chunks[i].rows))
                 chunk_rows.append(len(decoded))
                 rows += decoded
+            for i in event_at:
+                rows += [events[i].before, events[i].after]
             observed, did_change = flattener.observe(schema, rows)
             flat = flattener.finish(observed)
             if did_change:
                 changed.add(table)
             k = 0
-            for i in event_at:
-                events[i] = replace(events[i], before=flat[k], after=flat[k + 1])
-                k += 2
             target = flattener.schema(schema)
             for i, count in zip(chunk_at, chunk_rows):
                 chunks[i] = replace(chunks[i], rows=_arrow_rows(flat[k : k + count], target))  # type: ignore[arg-type]
                 k += count
+            for i in event_at:
+                events[i] = replace(events[i], before=flat[k], after=flat[k + 1])
+                k += 2
         return changed
 
     # -- reshaping ------------------------------------------------------------------------
@@ -313,21 +320,42 @@ class SchemaPipeline:
             self._warn_once(f"{event.table}:no-target", "rows of %s are not written: the table does not exist in the target (see the schema plan)", event.table)
             return None
         mapping = self.column_maps.get(event.table)
-        if not mapping or event.op is Op.TRUNCATE:
+        if event.op is Op.TRUNCATE:
             return event
-        return replace(event, before=self._map_row(mapping, event.before), after=self._map_row(mapping, event.after))
+        after = self._map_row(mapping, event.after) if mapping else event.after
+        target = self.target_schemas.get(event.table)
+        if after is not None and target is not None and any(n not in after for n in target.names):
+            # A row holds every column of the target: the ones the source no longer fills
+            # (kept by the policy, or not written) are NULL from now on.
+            after = {**{n: None for n in target.names}, **after}
+        if not mapping and after is event.after:
+            return event
+        return replace(event, before=self._map_row(mapping, event.before) if mapping else event.before, after=after)
 
     def _reshape_chunk(self, chunk: RowChunk) -> RowChunk | None:
         if chunk.table in self.target_schemas and self.target_schemas[chunk.table] is None:
             self._warn_once(f"{chunk.table}:no-target", "rows of %s are not written: the table does not exist in the target (see the schema plan)", chunk.table)
             return None
-        mapping = self.column_maps.get(chunk.table)
-        if not mapping:
-            return chunk
+        mapping = self.column_maps.get(chunk.table) or {}
+        target = self.target_schemas.get(chunk.table)
         rows = chunk.rows
-        keep = [n for n in rows.schema.names if mapping.get(n, n) is not None]
-        rows = rows.select(keep)
-        rows = rows.rename_columns([mapping.get(n, n) or n for n in keep])
+        if mapping:
+            keep = [n for n in rows.schema.names if mapping.get(n, n) is not None]
+            rows = rows.select(keep)
+            rows = rows.rename_columns([mapping.get(n, n) or n for n in keep])
+        missing = [f for f in target.fields if f.name not in rows.schema.names] if target is not None else []
+        if missing:
+            import pyarrow as pa
+
+            from zetl.arrow import arrow_field
+
+            table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
+            for f in missing:
+                field_ = arrow_field(replace(f, nullable=True))
+                table = table.append_column(field_, pa.nulls(table.num_rows, field_.type))
+            rows = table if isinstance(chunk.rows, pa.Table) else table.combine_chunks().to_batches()[0] if table.num_rows else chunk.rows
+        if rows is chunk.rows:
+            return chunk
         return replace(chunk, rows=rows)
 
 

@@ -88,6 +88,10 @@ class PlanStep:
     classification: Classification
     reason: str
     changes: tuple[SchemaChange, ...] = ()
+    kept: bool = False
+    """A skipped difference the policy keeps on purpose (lenient keeps a dropped column,
+    try_evolve tolerates what the sink cannot do), as opposed to one it refuses (ignore,
+    excluded kinds)."""
 
     @property
     def change(self) -> SchemaChange | None:
@@ -113,6 +117,7 @@ class PlanStep:
             "classification": self.classification,
             "reason": self.reason,
             "changes": [str(c) for c in self.changes],
+            "kept_by_policy": self.kept,
         }
 
 
@@ -198,10 +203,13 @@ class _Planner:
         self.can_apply = can_apply
         self.steps: list[PlanStep] = []
         self.column_map: dict[str, str | None] = {}
+        self.present: set[str] = set()  # target columns, including those added by this plan
 
     # -- helpers --------------------------------------------------------------------------
-    def step(self, detected: SchemaChange, decision: Decision, classification: Classification, reason: str, changes: Sequence[SchemaChange] = ()) -> PlanStep:
-        made = PlanStep(detected, decision, classification, reason, tuple(changes) if decision == "apply" else ())
+    def step(
+        self, detected: SchemaChange, decision: Decision, classification: Classification, reason: str, changes: Sequence[SchemaChange] = (), *, kept: bool = False
+    ) -> PlanStep:
+        made = PlanStep(detected, decision, classification, reason, tuple(changes) if decision == "apply" else (), kept and decision == "skip")
         self.steps.append(made)
         return made
 
@@ -228,7 +236,7 @@ class _Planner:
             return self.step(detected, "apply", classification, f"policy '{behavior}'", changes)
         if behavior == "evolve":
             return self.step(detected, "fail", classification, f"policy 'evolve' and the sink cannot apply '{refused.kind}'")
-        return self.step(detected, "skip", classification, f"the sink cannot apply '{refused.kind}'; {outcome}")
+        return self.step(detected, "skip", classification, f"the sink cannot apply '{refused.kind}'; {outcome}", kept=True)
 
     # -- table level ----------------------------------------------------------------------
     def drop_table(self, sink: Schema) -> Schema | None:
@@ -237,7 +245,7 @@ class _Planner:
         step = self.gate(detected, "breaking", outcome)
         if step is None:
             if self.policy.behavior == "lenient":
-                step = self.step(detected, "skip", "breaking", f"policy 'lenient' never drops; {outcome}")
+                step = self.step(detected, "skip", "breaking", f"policy 'lenient' never drops; {outcome}", kept=True)
             else:
                 step = self.exact(detected, "breaking", [detected], outcome)
         return None if step.decision == "apply" else sink
@@ -255,7 +263,8 @@ class _Planner:
 
     # -- column level ---------------------------------------------------------------------
     def add_column(self, source: Schema, f: Field, target: Schema) -> None:
-        detected = AddColumn(self.table, f, _after(source, f.name, target))
+        detected = AddColumn(self.table, f, _after(source, f.name, self.present))
+        self.present.add(f.name)
         change = AddColumn(self.table, replace(f, nullable=True, primary_key=False), detected.after)
         outcome = f"the values of {f.name} are not written"
         step = self.gate(detected, "safe", outcome)
@@ -265,7 +274,7 @@ class _Planner:
                 if refused is None:
                     step = self.step(detected, "apply", "safe", "policy 'lenient': added as a nullable column", [change])
                 else:
-                    step = self.step(detected, "skip", "safe", f"the sink cannot apply 'add.column'; {outcome}")
+                    step = self.step(detected, "skip", "safe", f"the sink cannot apply 'add.column'; {outcome}", kept=True)
             else:
                 step = self.exact(detected, "safe", [change], outcome)
         if step.decision != "apply":
@@ -282,7 +291,8 @@ class _Planner:
             elif self.policy.behavior == "evolve":
                 step = self.step(detected, "fail", "breaking", "policy 'evolve' and the sink cannot apply 'rename.column'")
             else:
-                changes: list[SchemaChange] = [AddColumn(self.table, replace(new, nullable=True, primary_key=False), _after(source, new.name, target))]
+                changes: list[SchemaChange] = [AddColumn(self.table, replace(new, nullable=True, primary_key=False), _after(source, new.name, self.present))]
+                self.present.add(new.name)
                 if not old.nullable:
                     changes.append(MakeColumnNullable(self.table, old.name))
                 refused = self.appliable(changes)
@@ -343,7 +353,7 @@ class _Planner:
         step = self.gate(detected, "safe", "NULL values of this column will be refused by the target")
         if step is None:
             if self.policy.behavior == "lenient" and not self.can_apply(detected):
-                self.step(detected, "skip", "safe", "the sink cannot drop NOT NULL; NULL values of this column will be refused")
+                self.step(detected, "skip", "safe", "the sink cannot drop NOT NULL; NULL values of this column will be refused", kept=True)
             else:
                 self.exact(detected, "safe", [detected], "NULL values of this column will be refused by the target")
 
@@ -356,7 +366,7 @@ class _Planner:
             self.exact(detected, "lossy", [detected], outcome)
             return
         if f.nullable:
-            self.step(detected, "skip", "lossy", f"policy 'lenient' never drops: {f.name} is kept and is null in new rows")
+            self.step(detected, "skip", "lossy", f"policy 'lenient' never drops: {f.name} is kept and is null in new rows", kept=True)
             return
         relax = MakeColumnNullable(self.table, f.name)
         if self.can_apply(relax):
@@ -390,6 +400,7 @@ def plan(
         raise ValueError("plan() needs a source or a sink schema")
     table = (source or sink).table  # type: ignore[union-attr]
     planner = _Planner(table, policy, can_apply)
+    planner.present = set(sink.names) if sink is not None else set()
     if source is None:
         assert sink is not None
         target = planner.drop_table(sink)
@@ -431,10 +442,11 @@ def plan(
     return SchemaPlan(table, tuple(planner.steps), target, planner.column_map)
 
 
-def _after(source: Schema, name: str, target: Schema) -> str | None:
+def _after(source: Schema, name: str, present: set[str]) -> str | None:
+    """The nearest column before ``name`` in the source that the target has (None: first)."""
     names = source.names
     i = names.index(name)
     for prev in reversed(names[:i]):
-        if prev in target:
+        if prev in present:
             return prev
     return None
