@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zetl.errors import SourceConnectionError, SourceError
+from zetl.errors import NotInstalledError, SourceConnectionError, SourceError
 from zetl.plugin import require
 
 from zetl_connectors.mysql.config import MySQLConfig
@@ -22,7 +22,10 @@ def pymysql() -> Any:
 
 def _password(config: MySQLConfig) -> str:
     if config.iam_auth:
-        boto3 = require("boto3", extra="mysql", what="RDS IAM authentication (boto3)")
+        try:
+            import boto3
+        except ImportError as exc:
+            raise NotInstalledError(f"iam_auth needs boto3 to make RDS tokens: pip install boto3 ({exc})", extra="mysql") from exc
         client = boto3.client("rds", region_name=config.region) if config.region else boto3.client("rds")
         return str(client.generate_db_auth_token(DBHostname=config.host, Port=config.port, DBUsername=config.user))
     return config.password.get_secret_value() if config.password is not None else ""

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from zetl.errors import SchemaError
 from zetl.events import TableId
-from zetl.plugin import TableSelector
+from zetl.plugin import TableSelector, require
 from zetl.schema.changes import (
     AddColumn,
     AlterColumnType,
@@ -112,7 +112,7 @@ class _Context:
 
 
 def _sqlglot() -> Any:
-    import sqlglot
+    sqlglot = require("sqlglot", extra="mysql", what="DDL parsing for the MySQL source (sqlglot)")
     import sqlglot.expressions as exp
 
     return sqlglot, exp

@@ -39,7 +39,7 @@ class MySQLSource(Source[MySQLConfig]):
 
     name: ClassVar[str] = "mysql"
     config_class: ClassVar[type[MySQLConfig]] = MySQLConfig
-    requires: ClassVar[tuple[str, ...]] = ("pymysql", "pymysqlreplication")
+    requires: ClassVar[tuple[str, ...]] = ("pymysql", "pymysqlreplication", "sqlglot")
     extra: ClassVar[str | None] = "mysql"
 
     def __init__(self, config: MySQLConfig, context: PluginContext | None = None) -> None:
