@@ -98,6 +98,8 @@ class RedshiftSink(Sink[RedshiftConfig]):
         super().__init__(config, context)
         self.log = self.context.logger
         self.rules = IdentifierRules(case_sensitive=config.case_sensitive_identifiers, max_bytes=config.max_identifier_bytes, logger=self.log)
+        self.schema_name = self.rules.name(config.target_schema)
+        """The target schema as Redshift names it (folded and shortened like every identifier)."""
         self._conn: Any = None
         self._layouts: dict[TableId, TableLayout | None] = {}
         self._stored: Position | None = None
@@ -134,9 +136,9 @@ class RedshiftSink(Sink[RedshiftConfig]):
             self._conn.autocommit = False
             if cfg.case_sensitive_identifiers:
                 self._execute("SET enable_case_sensitive_identifier TO true")
-            self._execute(sql.create_schema(cfg.target_schema))
-            self._execute(sql.create_checkpoint_table(cfg.target_schema))
-            self._execute(sql.create_metadata_table(cfg.target_schema))
+            self._execute(sql.create_schema(self.schema_name))
+            self._execute(sql.create_checkpoint_table(self.schema_name))
+            self._execute(sql.create_metadata_table(self.schema_name))
             self._conn.commit()
         except ZetlError:
             self.close()
@@ -191,7 +193,7 @@ class RedshiftSink(Sink[RedshiftConfig]):
         return self._layouts[table]
 
     def _load_layout(self, table: TableId) -> TableLayout | None:
-        schema_name = self.config.target_schema
+        schema_name = self.schema_name
         target = self.target_table_name(table)
         try:
             catalog = self._fetchall(sql.select_columns(), (schema_name, target))
@@ -276,7 +278,7 @@ class RedshiftSink(Sink[RedshiftConfig]):
             if layout is not None:
                 return  # already there (idempotent); differences are the planner's business
             target = self.target_table_name(table)
-            new = TableLayout.build(change.schema, self.config.target_schema, target, self.rules, self.config.history_mode)
+            new = TableLayout.build(change.schema, self.schema_name, target, self.rules, self.config.history_mode)
             options = self.config.tables.get(str(table))
             if options is not None:
                 for name in [options.distkey, *options.sortkey]:
@@ -397,7 +399,7 @@ class RedshiftSink(Sink[RedshiftConfig]):
     # -- checkpoints ----------------------------------------------------------------------
     def stored_position(self) -> Position | None:
         try:
-            rows = self._fetchall(sql.select_checkpoint(self.config.target_schema), (self.context.integration,))
+            rows = self._fetchall(sql.select_checkpoint(self.schema_name), (self.context.integration,))
             self._conn.commit()
         except ZetlError:
             raise
@@ -420,6 +422,8 @@ class RedshiftSink(Sink[RedshiftConfig]):
 
     # -- writing --------------------------------------------------------------------------
     def write(self, batch: Batch) -> Position | None:
+        if not batch.events and not batch.chunks and batch.end_position is None:
+            return None  # nothing to write and no position to store (an idle batch)
         if self._already_written(batch.end_position):
             # Committed before a crash, together with its checkpoint: applying it again would
             # duplicate history rows. Exactly once.
@@ -448,7 +452,7 @@ class RedshiftSink(Sink[RedshiftConfig]):
                     self._write_segment(layout, segment, staged_files)
             table_name = None
             if batch.end_position is not None:
-                schema_name = self.config.target_schema
+                schema_name = self.schema_name
                 position_json = orjson.dumps(batch.end_position.to_json()).decode()
                 self._execute(sql.delete_checkpoint(schema_name), (self.context.integration,))
                 self._execute(sql.insert_checkpoint(schema_name), (self.context.integration, position_json))
@@ -559,7 +563,7 @@ class RedshiftSink(Sink[RedshiftConfig]):
 
     def status(self) -> dict[str, Any]:
         return {
-            "target": f"{self.config.host or self.config.cluster_identifier or self.config.serverless_workgroup}/{self.config.database}.{self.config.target_schema}",
+            "target": f"{self.config.host or self.config.cluster_identifier or self.config.serverless_workgroup}/{self.config.database}.{self.schema_name}",
             "load": self.config.load,
             "history_mode": self.config.history_mode,
             **self._stats,

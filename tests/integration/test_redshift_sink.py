@@ -221,14 +221,16 @@ def test_hostile_identifiers_create_and_fill_tables_safely(redshift_target: Reds
             got_schema = sink.current_schema(t)
             target_name = sink.target_table_name(t)
     assert got_schema is not None and list(got_schema.names) == ["id", *HOSTILE_NAMES]
+    with factory() as restarted:  # a new process finds the table and its source names again
+        assert restarted.current_schema(t) == got_schema and restarted.stored_position() == _pos(2)
     assert any("longer than the target's 63-byte limit" in r.getMessage() for r in caplog.records)
-    meta = redshift_target.query('SELECT layout FROM "Target Schema;"._zetl_tables')
+    meta = redshift_target.query('SELECT layout FROM "target schema;"._zetl_tables')  # folded like every identifier
     columns = json.loads(meta[0]["layout"])["columns"]
     targets = [c["target"] for c in columns]
     assert len(set(targets)) == len(targets) and all(len(n.encode()) <= 63 for n in targets)
     long_a, long_b = targets[-2], targets[-1]
     assert long_a != long_b and long_a[:50] == long_b[:50], "names sharing a long prefix stay distinct via the hash suffix"
-    stored = redshift_target.query(f'SELECT * FROM "Target Schema;"."{target_name.replace(chr(34), chr(34) * 2)}"')
+    stored = redshift_target.query(f'SELECT * FROM "target schema;"."{target_name.replace(chr(34), chr(34) * 2)}"')
     assert len(stored) == 1
     by_source = {c["source"]: stored[0][c["target"]] for c in columns}
     assert by_source["select"] == "updated" and by_source['quo"te'] == row['quo"te'] and by_source["x" * 200] == row["x" * 200]
