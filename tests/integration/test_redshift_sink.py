@@ -384,3 +384,30 @@ def test_connection_refused_is_retryable() -> None:
     with pytest.raises(SinkConnectionError) as info:
         RedshiftSink(config, PluginContext(integration="it")).open()
     assert info.value.retryable and "127.0.0.1" in info.value.message and "secret-value" not in info.value.message
+
+
+def test_connection_lost_mid_stream_is_retryable_and_loses_nothing(redshift_target: RedshiftTarget) -> None:
+    from redshift_target.proxy import RedshiftProxy
+
+    from zetl.errors import SinkConnectionError
+
+    t = TableId("shop", "fragile")
+    schema = Schema.of(t, [Field("id", T.int64), Field("name", T.string())], ["id"])
+    first = Batch(events=(ChangeEvent.insert(t, {"id": 1, "name": "a"}, _pos(1)),), end_position=_pos(1))
+    second = Batch(events=(ChangeEvent.insert(t, {"id": 2, "name": "b"}, _pos(2)),), end_position=_pos(2))
+    own_proxy = RedshiftProxy(redshift_target.pg.host, redshift_target.pg.port).start()
+    try:
+        sink = RedshiftSink(RedshiftConfig.model_validate(redshift_target.sink_config(port=own_proxy.port)), PluginContext(integration="it"))
+        sink.open()
+        sink.apply(CreateTable(t, schema))
+        assert sink.write(first) == _pos(1)
+    finally:
+        own_proxy.stop()  # the network goes away under the open connection
+    with pytest.raises(SinkConnectionError) as info:
+        sink.write(second)
+    assert info.value.retryable
+    sink.close()
+    with make_factory(redshift_target)() as restarted:  # the runner's retry: reopen, resume from the stored position
+        assert restarted.stored_position() == _pos(1)
+        assert restarted.write(second) == _pos(2)
+    assert sorted(r["id"] for r in make_reader(redshift_target)(t)) == [1, 2]
