@@ -160,3 +160,41 @@ def test_postgres_to_redshift_end_to_end(pg_server: PostgresServer, source_datab
         "SELECT id, json_extract_path_text(json_serialize(doc), 'customer', 'name') AS name FROM public.orders WHERE id IN (3, 21) ORDER BY id"
     )
     assert by_key == [{"id": 3, "name": "cust 3"}, {"id": 21, "name": "new"}]
+
+
+@pytest.mark.mariadb
+def test_mariadb_to_redshift_end_to_end(mariadb_server: Any, mariadb_database: str, redshift_target: RedshiftTarget, tmp_path: Path) -> None:
+    import pymysql
+
+    src = pymysql.connect(host="127.0.0.1", port=mariadb_server.port, user="zetl", password="zetl", database=mariadb_database, autocommit=True)
+    cur = src.cursor()
+    cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(40) NOT NULL, total DECIMAL(12,2), placed DATETIME(6))")
+    cur.executemany("INSERT INTO orders VALUES (%s, %s, %s, '2026-01-02 03:04:05.678901')", [(i, f"c{i}", Decimal(i) / 4) for i in range(1, 11)])
+    config = _write_yaml(
+        tmp_path / "my.yaml",
+        "mysql-to-redshift",
+        {"type": "mysql", "port": mariadb_server.port, "user": "zetl", "password": "zetl"},
+        redshift_target.sink_config(table_name="{namespace}_{name}"),
+        tables=[f"{mariadb_database}.orders"],
+        batching={"max_delay": "100ms"},
+    )
+    target_table = f"{mariadb_database}_orders".lower()
+    count = f'SELECT count(*) AS n FROM public."{target_table}"'
+    runner = IntegrationRunner(load_integration(config))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        _until(lambda: redshift_target.query(count)[0]["n"] == 10)
+        cur.execute("UPDATE orders SET total = 100.50 WHERE id = 1")
+        cur.execute("DELETE FROM orders WHERE id = 2")
+        cur.execute("ALTER TABLE orders ADD COLUMN status VARCHAR(10)")
+        cur.execute("INSERT INTO orders (id, customer, status) VALUES (11, 'c11', 'open')")
+        _until(lambda: redshift_target.query(count)[0]["n"] == 10 and redshift_target.query(f'SELECT count(*) AS n FROM public."{target_table}" WHERE id = 11')[0]["n"] == 1)
+    finally:
+        runner.stop.set()
+        thread.join(30)
+        src.close()
+    rows = {r["id"]: r for r in redshift_target.query(f'SELECT id, customer, total, placed, status FROM public."{target_table}"')}
+    assert set(rows) == set(range(1, 12)) - {2}
+    assert rows[1]["total"] == Decimal("100.50") and rows[3]["total"] == Decimal("0.75")
+    assert rows[11]["status"] == "open" and rows[3]["placed"].microsecond == 678901
