@@ -33,10 +33,13 @@ test: system-packages install ## Install everything needed and run the whole tes
 test-unit: install ## Run the tests that need no server
 	$(PY) -m pytest tests/unit tests/conformance/test_builtin_sinks.py $(PYTEST_ARGS)
 
+demo: system-packages install ## Replicate a demo Postgres shop into Iceberg while it changes, then show the tables (stops all it starts)
+	$(PY) scripts/demo.py
+
 validate-configs: install ## Validate every integration in configs/
 	$(VENV)/bin/zetl validate configs/
 
 clean: ## Remove the virtualenv and build artefacts
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .zetl .zetl-test
 
-.PHONY: help install system-packages test test-unit validate-configs clean
+.PHONY: help install system-packages test test-unit demo validate-configs clean

@@ -161,7 +161,7 @@ def key_strings(table: pa.Table, primary_key: Sequence[str]) -> pa.Array:
     if len(parts) == 1:
         result = parts[0]
     else:
-        result = pc.binary_join_element_wise(*parts, KEY_SEPARATOR.encode())
+        result = pc.binary_join_element_wise(*parts, pa.scalar(KEY_SEPARATOR.encode(), type=pa.large_binary()))
     if isinstance(result, pa.ChunkedArray):
         result = result.combine_chunks() if result.num_chunks != 1 else result.chunk(0)
     return result

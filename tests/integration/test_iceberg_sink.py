@@ -295,3 +295,29 @@ def test_resume_position_rule() -> None:
     assert resume_position({"a": TableMark("a", p(5), ("a", "b"), 1), "b": TableMark("b", p(2), ("b",), 1)}) == p(2)
     assert resume_position({"a": TableMark("a", p(5), ("a", "b"), 1), "b": TableMark("b", None, (), None)}) is None
     assert resume_position({"a": TableMark("a", p(5), ("a",), 1), "b": TableMark("b", p(2), ("b",), 1)}) == p(5)
+
+
+def test_composite_primary_key(tmp_path: Path, duck: Any) -> None:
+    factory = _make_factory(tmp_path / "state")
+    t = TableId("shop", "lines")
+    schema = Schema.of(t, [Field("order_id", T.int64), Field("line", T.int32), Field("sku", T.string())], ["order_id", "line"])
+    rows = [{"order_id": o, "line": l, "sku": f"s{o}-{l}"} for o in range(1, 301) for l in (1, 2)]
+    with factory() as sink:
+        sink.apply(CreateTable(t, schema))
+        chunk = pa.Table.from_pylist(rows, schema=arrow_schema(schema))
+        sink.write(Batch(chunks=(RowChunk(t, Op.READ, chunk, SequencePosition("snapshot", 1)),), end_position=SequencePosition("snapshot", 1)))
+        sink.flush(force=True)
+        sink.write(
+            Batch(
+                events=(
+                    ChangeEvent.update(t, {"order_id": 5, "line": 2}, {"order_id": 5, "line": 2, "sku": "changed"}, _pos(1)),
+                    ChangeEvent.delete(t, {"order_id": 7, "line": 1}, _pos(2)),
+                    ChangeEvent.update(t, {"order_id": 9, "line": 1}, {"order_id": 9, "line": 3, "sku": "moved"}, _pos(3)),
+                ),
+                end_position=_pos(3),
+            )
+        )
+        sink.flush(force=True)
+    got = {(r["order_id"], r["line"]): r["sku"] for r in _reader(factory, duck)(t)}
+    assert len(got) == 599
+    assert got[(5, 2)] == "changed" and (7, 1) not in got and (9, 1) not in got and got[(9, 3)] == "moved" and got[(5, 1)] == "s5-1"
