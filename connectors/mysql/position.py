@@ -35,13 +35,23 @@ def _encode_key(value: Any) -> Any:
     return {"str": str(value)}
 
 
+def _from_iso(text: str) -> Any:
+    if " " in text or "T" in text:
+        return dt.datetime.fromisoformat(text)
+    if ":" in text:
+        return dt.time.fromisoformat(text)
+    return dt.date.fromisoformat(text)
+
+
 def _decode_key(value: Any) -> Any:
     if isinstance(value, dict):
         if "b64" in value:
             return base64.b64decode(value["b64"])
         if "dec" in value:
             return decimal.Decimal(value["dec"])
-        return value.get("iso", value.get("str"))
+        if "iso" in value:
+            return _from_iso(value["iso"])
+        return value.get("str")
     return value
 
 
