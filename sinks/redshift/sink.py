@@ -32,7 +32,7 @@ from . import sql
 from .config import RedshiftConfig
 from .errors import map_driver_error
 from .identifiers import IdentifierRules
-from .layout import ColumnLayout, TableLayout
+from .layout import HISTORY_COLUMNS, ColumnLayout, TableLayout
 from .plan import Segment, StagedRow, plan_table
 from .s3stage import S3Stager, StagedBatch
 from .typemap import canonical_type, redshift_type
@@ -236,8 +236,24 @@ class RedshiftSink(Sink[RedshiftConfig]):
             if old is None:
                 return False
             return can_widen(old, change.new_type) and self._widening_kind(old, change.new_type) is not None
-        if isinstance(change, RenameColumn) and self.config.history_mode and change.new_name in ("_op", "_position", "_valid_from", "_valid_to"):
-            return False
+        if isinstance(change, (AddColumn, RenameColumn)):
+            # The new name must not land on a column that exists (case folding, shortening) or on
+            # a history-mode column.
+            layout = self._layout(change.table)
+            if layout is None:
+                return True
+            source_name = change.field.name if isinstance(change, AddColumn) else change.new_name
+            replaced = change.old_name if isinstance(change, RenameColumn) else None
+            target = self.rules.name(source_name)
+            taken = {c.target for c in layout.columns if c.source not in (source_name, replaced)}
+            if layout.history:
+                taken |= {name for name, _ in HISTORY_COLUMNS}
+            return target not in taken
+        if isinstance(change, CreateTable):
+            try:
+                TableLayout.build(change.schema, self.schema_name, self.target_table_name(change.table), self.rules, self.config.history_mode)
+            except SchemaError:
+                return False
         return True
 
     @staticmethod

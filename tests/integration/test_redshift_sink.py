@@ -411,3 +411,21 @@ def test_connection_lost_mid_stream_is_retryable_and_loses_nothing(redshift_targ
         assert restarted.stored_position() == _pos(1)
         assert restarted.write(second) == _pos(2)
     assert sorted(r["id"] for r in make_reader(redshift_target)(t)) == [1, 2]
+
+
+def test_can_apply_refuses_names_that_would_collide(redshift_target: RedshiftTarget) -> None:
+    t = TableId("shop", "clash")
+    schema = Schema.of(t, [Field("id", T.int64), Field("Name", T.string())], ["id"])
+    with make_factory(redshift_target, history_mode=True)() as sink:
+        assert not sink.can_apply(CreateTable(t, Schema.of(t, [Field("id", T.int64), Field("a", T.string()), Field("A", T.string())], ["id"])))
+        sink.apply(CreateTable(t, schema))
+        assert not sink.can_apply(AddColumn(t, Field("NAME", T.string())))  # folds onto "name"
+        assert not sink.can_apply(AddColumn(t, Field("_valid_to", T.string())))  # a history-mode column
+        assert not sink.can_apply(RenameColumn(t, "Name", "_op"))
+        assert sink.can_apply(RenameColumn(t, "Name", "name"))  # same target column: metadata only
+        sink.apply(RenameColumn(t, "Name", "name"))
+        assert sink.can_apply(AddColumn(t, Field("Name2", T.string())))
+        with pytest.raises(SchemaError, match="all map to Redshift column 'name'"):
+            sink.apply(AddColumn(t, Field("NAME", T.string())))
+        got = sink.current_schema(t)
+        assert got is not None and got.names == ("id", "name")
