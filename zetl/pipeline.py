@@ -31,7 +31,7 @@ import orjson
 from zetl.config.model import IntegrationConfig
 from zetl.errors import SchemaError
 from zetl.events import Batch, ChangeEvent, Op, Position, RowChunk, TableId
-from zetl.filters.apply import TableFilter
+from zetl.filters.apply import TableFilter, python_value
 from zetl.flatten import Flattener
 from zetl.schema.changes import CreateTable, SchemaChange, TruncateTable
 from zetl.schema.planner import PlanStep, SchemaPlan, apply_change, plan
@@ -285,7 +285,7 @@ class SchemaPipeline:
             rows: list[Mapping[str, Any] | None] = []
             chunk_rows: list[int] = []
             for i in chunk_at:
-                decoded = list(_decoded_rows(chunks[i].rows))
+                decoded = list(_decoded_rows(chunks[i].rows, schema))
                 chunk_rows.append(len(decoded))
                 rows += decoded
             for i in event_at:
@@ -365,14 +365,14 @@ def _default_flatten() -> Any:
     return FlattenConfig()
 
 
-def _decoded_rows(rows: Any) -> Any:
-    """Arrow rows as canonical Python values (json decoded, uuid as UUID)."""
-    from zetl.arrow import python_converters
-
-    converters = python_converters(rows.schema)
+def _decoded_rows(rows: Any, schema: Schema) -> Any:
+    """Arrow rows as canonical Python values (json decoded, uuid as UUID), by the columns'
+    canonical types."""
+    kinds = {f.name: f.type.kind for f in schema.fields if f.type.kind in (TypeKind.JSON, TypeKind.UUID)}
     for row in rows.to_pylist():
-        for name, convert in converters.items():
-            row[name] = convert(row[name])
+        for name, kind in kinds.items():
+            if name in row:
+                row[name] = python_value(row[name], kind)
         yield row
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
@@ -31,7 +32,20 @@ from zetl.filters.config import FiltersConfig, TableFilterConfig
 from zetl.filters.expr import Predicate, compile_expression
 from zetl.schema.types import Field, Schema, T, TypeKind
 
-__all__ = ["TableFilter", "canonical_bytes", "mask_hash"]
+__all__ = ["TableFilter", "canonical_bytes", "mask_hash", "python_value"]
+
+
+def python_value(value: Any, kind: TypeKind) -> Any:
+    """A value read from an Arrow chunk (``to_pylist``) as the canonical Python value of its
+    column's kind. Chunks carry json as text (a plain string or Arrow's json extension) and uuid
+    as text or 16 bytes (Arrow's uuid extension); both layouts are accepted."""
+    if value is None:
+        return None
+    if kind is TypeKind.JSON and isinstance(value, (str, bytes)):
+        return orjson.loads(value)
+    if kind is TypeKind.UUID and not isinstance(value, uuid.UUID):
+        return uuid.UUID(bytes=value) if isinstance(value, bytes) else uuid.UUID(str(value))
+    return value
 
 
 def canonical_bytes(value: Any) -> bytes:
@@ -66,7 +80,6 @@ class TableFilter:
     nulled: frozenset[str]
     predicate: Predicate | None
     salt: bytes
-    json_columns: frozenset[str]
 
     @classmethod
     def build(cls, config: FiltersConfig, schema: Schema) -> TableFilter | None:
@@ -128,7 +141,6 @@ class TableFilter:
             frozenset(c for c, k in masks.items() if k == "null"),
             predicate,
             salt,
-            frozenset(f.name for f in schema.fields if f.type.kind is TypeKind.JSON),
         )
 
     @property
@@ -206,10 +218,9 @@ class TableFilter:
     def _shape_arrow(self, rows: Any) -> Any:
         import pyarrow as pa
 
-        from zetl.arrow import arrow_field, python_converters
+        from zetl.arrow import arrow_field
 
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
-        converters = python_converters(table.schema)
         columns: list[Any] = []
         fields: list[Any] = []
         for name in self.kept:
@@ -218,11 +229,8 @@ class TableFilter:
             target_field = arrow_field(self.target_schema.field(name))
             column = table[name]
             if name in self.hashed:
-                convert = converters.get(name)
-                values = column.to_pylist()
-                if convert is not None:
-                    values = [convert(v) for v in values]
-                column = pa.array([mask_hash(self.salt, v) for v in values], pa.string())
+                kind = self.source_schema.field(name).type.kind
+                column = pa.array([mask_hash(self.salt, python_value(v, kind)) for v in column.to_pylist()], pa.string())
             elif name in self.nulled:
                 column = pa.nulls(table.num_rows, column.type)
             columns.append(column)
