@@ -150,8 +150,28 @@ class IcebergSink(Sink[IcebergConfig]):
             loaded = self._require_open().load_table(self.table_identifier(table))
         except NoSuchTableError:
             return None
+        self._check_owner(table, loaded)
         self._tables[table] = loaded
         return loaded
+
+    def _check_owner(self, table: TableId, loaded: Any) -> None:
+        """Refuse an Iceberg table that another source table or the other mode created."""
+        properties = loaded.metadata.properties
+        source = properties.get(SOURCE_TABLE_PROPERTY)
+        ident = self._ident_text(table)
+        if source is not None and source != str(table):
+            raise SchemaError(
+                f"Iceberg table {ident} holds source table {source}, but {table} maps to the same name; "
+                "give the sink a table_name template that tells them apart (e.g. '{schema}_{table}')",
+                table=str(table),
+            )
+        mode = properties.get(MODE_PROPERTY)
+        if mode is not None and mode != self.config.mode:
+            raise SchemaError(
+                f"Iceberg table {ident} was created in mode '{mode}' but the sink is configured with mode '{self.config.mode}'; "
+                "use the same mode, another namespace, or drop the table to start over",
+                table=str(table),
+            )
 
     def _table_or_fail(self, table: TableId) -> Any:
         loaded = self._load(table)

@@ -321,3 +321,15 @@ def test_composite_primary_key(tmp_path: Path, duck: Any) -> None:
     got = {(r["order_id"], r["line"]): r["sku"] for r in _reader(factory, duck)(t)}
     assert len(got) == 599
     assert got[(5, 2)] == "changed" and (7, 1) not in got and (9, 1) not in got and got[(9, 3)] == "moved" and got[(5, 1)] == "s5-1"
+
+
+def test_name_clash_and_mode_switch_are_refused(tmp_path: Path) -> None:
+    one, other = TableId("a_b", "c"), TableId("a", "b_c")
+    schema = Schema.of(one, [Field("id", T.int32)], ["id"])
+    with _make_factory(tmp_path / "state")() as sink:
+        sink.apply(CreateTable(one, schema))
+        with pytest.raises(SchemaError, match="maps to the same name"):
+            sink.apply(CreateTable(other, Schema.of(other, [Field("id", T.int32)], ["id"])))
+    with _make_factory(tmp_path / "state", mode="changelog")() as sink:
+        with pytest.raises(SchemaError, match="created in mode 'current'"):
+            sink.current_schema(one)
