@@ -6,8 +6,6 @@ import datetime as dt
 import os
 import subprocess
 import sys
-from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from golden_util import GOLDEN, Case, check, params
