@@ -3,7 +3,6 @@ flattening, then `zetl drift` on the result (in-process sources and sinks; no se
 
 from __future__ import annotations
 
-import datetime as dt
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
@@ -280,4 +279,3 @@ def test_excluding_a_primary_key_column_is_a_clear_error(tmp_path: Path) -> None
     runner = IntegrationRunner(it)
     assert runner.run() is State.FAILED
     assert "'id' is part of the primary key of shop.orders and cannot be excluded" in (runner.status.last_error or "")
-    _ = dt
