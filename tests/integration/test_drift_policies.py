@@ -279,3 +279,47 @@ def test_excluding_a_primary_key_column_is_a_clear_error(tmp_path: Path) -> None
     runner = IntegrationRunner(it)
     assert runner.run() is State.FAILED
     assert "'id' is part of the primary key of shop.orders and cannot be excluded" in (runner.status.last_error or "")
+
+
+@pytest.mark.parametrize("exclude, rows_left", [([], 0), (["truncate.table"], 2)])
+def test_truncate_follows_the_policy(tmp_path: Path, exclude: list[str], rows_left: int) -> None:
+    key = f"truncate-{len(exclude)}"
+    ScriptSource.scripts[key] = (
+        [BEFORE],
+        [
+            Batch(schema_changes=(CreateTable(TABLE, BEFORE),), end_position=pos(1)),
+            Batch(
+                events=(
+                    ChangeEvent.insert(TABLE, {"id": 1, "name": "a", "price": 1, "old": None}, pos(2)),
+                    ChangeEvent.insert(TABLE, {"id": 2, "name": "b", "price": 2, "old": None}, pos(2)),
+                ),
+                end_position=pos(2),
+            ),
+            Batch(events=(ChangeEvent.truncate(TABLE, pos(3)),), end_position=pos(3)),
+        ],
+    )
+    it = make_integration(tmp_path, key, key, key, schema_evolution={"exclude": exclude})
+    assert IntegrationRunner(it).run() is State.STOPPED
+    assert len(SharedSink.stores[key][TABLE].rows) == rows_left
+    history = SchemaHistory(StateDB(tmp_path / "state.db"), key).entries()
+    assert [e["decision"] for e in history if e["change"].startswith("truncate")] == (["skip"] if exclude else [])
+
+
+def test_lenient_routes_snapshot_chunks_to_the_new_column(tmp_path: Path) -> None:
+    # The target has price int64 from an earlier run; the source now says string: chunks are
+    # reshaped column-wise (price -> price__string, missing target columns as nulls).
+    target = Schema.of(TABLE, [Field("id", T.int64), Field("price", T.int64, nullable=False), Field("legacy", T.string())], ["id"])
+    source = Schema.of(TABLE, [Field("id", T.int64), Field("price", T.string())], ["id"])
+    SharedSink.stores["chunks"] = {}
+    sink = SharedSink(SharedConfig(store="chunks"))
+    sink.apply(CreateTable(TABLE, target))
+    rows = pa.Table.from_pylist([{"id": 1, "price": "12.5"}, {"id": 2, "price": None}], schema=arrow_schema(source))
+    ScriptSource.scripts["chunks"] = ([source], [Batch(chunks=(RowChunk(TABLE, Op.READ, rows, pos(1)),), end_position=pos(1))])
+    it = make_integration(tmp_path, "chunks", "chunks", "chunks")
+    assert IntegrationRunner(it).run() is State.STOPPED
+    store = SharedSink.stores["chunks"][TABLE]
+    assert store.schema.names == ("id", "price", "price__string", "legacy") and store.schema.field("price").nullable
+    assert {k[0]: v for k, v in store.rows.items()} == {
+        1: {"id": 1, "price": None, "price__string": "12.5", "legacy": None},
+        2: {"id": 2, "price": None, "price__string": None, "legacy": None},
+    }
