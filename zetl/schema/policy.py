@@ -12,7 +12,12 @@ Behaviours (the Flink CDC vocabulary):
 
 ``include``/``exclude`` restrict the change kinds considered (``add.column``, ``drop.column``,
 ``rename.column``, ``alter.column.type``, ``create.table``, ``drop.table``, ``truncate.table``);
-an excluded kind is skipped. ``tables`` overrides the policy for tables matching a pattern.
+an excluded kind is skipped (an excluded ``truncate.table`` keeps the target's rows). ``tables``
+overrides the policy for tables matching a pattern (first match wins).
+
+Under every behaviour a table missing in the target is created (unless ``create.table`` is
+excluded): the behaviours govern how an existing target evolves. The decision table is in
+``zetl.schema.planner``; ``zetl drift`` shows what it means for each table.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ ChangeKind = Literal["add.column", "drop.column", "rename.column", "alter.column
 
 
 class EvolutionPolicy(BaseModel):
+    """The policy of one table."""
+
     model_config = {"extra": "forbid", "frozen": True}
 
     behavior: Behavior = "lenient"
@@ -40,12 +47,16 @@ class EvolutionPolicy(BaseModel):
     """These change kinds are skipped."""
 
     def allows(self, kind: str) -> bool:
+        """Whether changes of ``kind`` are considered (dropping NOT NULL always is: it is how the
+        other kinds keep the target writable)."""
         if self.include and kind not in self.include and kind != "alter.column.nullability":
             return False
         return kind not in self.exclude
 
 
 class SchemaEvolutionConfig(EvolutionPolicy):
+    """The ``schema_evolution`` section: the integration's policy and per-table overrides."""
+
     tables: dict[str, EvolutionPolicy] = Field(default_factory=dict)
     """Per-table overrides: table pattern -> policy (first matching pattern wins)."""
 
