@@ -35,7 +35,7 @@ from .layout import ColumnLayout, TableLayout
 from .plan import Segment, StagedRow, plan_table
 from .s3stage import S3Stager, StagedBatch
 from .typemap import canonical_type
-from .values import ValueEncoder
+from .values import DocumentTooLargeForInsert, ValueEncoder
 
 __all__ = ["RedshiftSink"]
 
@@ -351,9 +351,9 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
                 values += [r.position, r.valid_from, r.valid_to, r.first]
             yield values
 
-    def _load_stage(self, stage: sql.StageLayout, rows: list[StagedRow], staged_files: list[StagedBatch]) -> None:
+    def _load_stage(self, stage: sql.StageLayout, rows: list[StagedRow], staged_files: list[StagedBatch], force_copy: bool = False) -> None:
         encoder = ValueEncoder(stage.layout, self.config.oversize_strings, self.log)
-        if self._use_copy(len(rows)):
+        if force_copy or self._use_copy(len(rows)):
             assert self._stager is not None and self.config.s3 is not None
             started = time.monotonic()
 
@@ -375,18 +375,19 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
             self._stats["copy_batches"] += 1
             self.log.debug("staged %d rows of %s through S3 in %.3fs", len(rows), stage.layout.table, time.monotonic() - started)
             return
+        try:
+            encoded = list(self._staged_values(stage, rows, encoder.param))
+        except DocumentTooLargeForInsert:
+            if self._stager is None or self.config.load != "auto":
+                raise
+            self.log.info("a JSON document of %s is over 65535 bytes: loading this batch with COPY", stage.layout.table)
+            self._load_stage(stage, rows, staged_files, force_copy=True)
+            return
         per_row = len(stage.data_columns())
         chunk = max(1, min(self.config.insert_rows_per_statement, _MAX_PARAMS // per_row))
-        buffer: list[Any] = []
-        count = 0
-        for values in self._staged_values(stage, rows, encoder.param):
-            buffer.extend(values)
-            count += 1
-            if count == chunk:
-                self._execute(sql.insert_into_stage(stage, count), buffer)
-                buffer, count = [], 0
-        if count:
-            self._execute(sql.insert_into_stage(stage, count), buffer)
+        for begin in range(0, len(encoded), chunk):
+            part = encoded[begin : begin + chunk]
+            self._execute(sql.insert_into_stage(stage, len(part)), [v for row in part for v in row])
         self._stats["insert_batches"] += 1
 
     def status(self) -> dict[str, Any]:

@@ -158,7 +158,7 @@ def copy_into_stage(stage: StageLayout, manifest_url: str, jsonpaths_url: str, i
     role = "IAM_ROLE default" if iam_role == "default" else f"IAM_ROLE {quote_literal(iam_role)}"
     sql = (
         f"COPY {stage.quoted} ({cols}) FROM {quote_literal(manifest_url)} {role} "
-        f"FORMAT AS JSON {quote_literal(jsonpaths_url)} MANIFEST GZIP TIMEFORMAT 'auto' DATEFORMAT 'auto' ACCEPTINVCHARS"
+        f"FORMAT AS JSON {quote_literal(jsonpaths_url)} MANIFEST GZIP TIMEFORMAT 'auto' DATEFORMAT 'auto'"
     )
     if region:
         sql += f" REGION {quote_literal(region)}"

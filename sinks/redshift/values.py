@@ -24,7 +24,12 @@ from zetl.schema.types import TypeKind
 from .layout import ColumnLayout, TableLayout
 from .typemap import MAX_BINARY_BYTES, MAX_VARCHAR_BYTES
 
-__all__ = ["ValueEncoder", "json_document"]
+__all__ = ["DocumentTooLargeForInsert", "ValueEncoder", "json_document"]
+
+
+class DocumentTooLargeForInsert(SinkError):
+    """A SUPER value whose JSON text exceeds what JSON_PARSE accepts (a VARCHAR, 65535 bytes);
+    such rows load only through S3 and COPY."""
 
 
 def _json_default(value: Any) -> Any:
@@ -80,7 +85,15 @@ class ValueEncoder:
         kind = column.type.kind
         try:
             if kind in (TypeKind.JSON, TypeKind.LIST, TypeKind.STRUCT):
-                return json_document(value)
+                text = json_document(value)
+                if len(text) > MAX_VARCHAR_BYTES // 4 and len(text.encode("utf-8")) > MAX_VARCHAR_BYTES:
+                    raise DocumentTooLargeForInsert(
+                        f"the JSON document in {self.layout.table}.{column.source} is {len(text.encode('utf-8'))} bytes; "
+                        f"JSON_PARSE takes at most {MAX_VARCHAR_BYTES}: configure sink.s3 with load: auto or s3_copy, "
+                        "which loads such documents with COPY",
+                        retryable=False,
+                    )
+                return text
             if kind is TypeKind.STRING:
                 return self._string(column, str(value))
             if kind is TypeKind.BINARY:

@@ -429,3 +429,19 @@ def test_can_apply_refuses_names_that_would_collide(redshift_target: RedshiftTar
             sink.apply(AddColumn(t, Field("NAME", T.string())))
         got = sink.current_schema(t)
         assert got is not None and got.names == ("id", "name")
+
+
+def test_documents_over_json_parse_limit_go_through_copy(redshift_target: RedshiftTarget) -> None:
+    t = TableId("shop", "big_docs")
+    schema = Schema.of(t, [Field("id", T.int64), Field("doc", T.json)], ["id"])
+    big = {"items": [{"sku": f"sku-{i}", "text": "x" * 50} for i in range(1500)]}  # about 100 kB of JSON
+    batch = Batch(events=(ChangeEvent.insert(t, {"id": 1, "doc": big}, _pos(1)), ChangeEvent.insert(t, {"id": 2, "doc": {"small": True}}, _pos(2))), end_position=_pos(2))
+    with make_factory(redshift_target, load="insert")() as sink:
+        sink.apply(CreateTable(t, schema))
+        with pytest.raises(SinkError, match=r"shop\.big_docs\.doc is \d+ bytes; JSON_PARSE takes at most 65535: configure sink.s3"):
+            sink.write(batch)
+    with make_factory(redshift_target, load="auto")() as sink:
+        assert sink.write(batch) == _pos(2)
+        assert sink.status()["copy_batches"] == 1
+    rows = {r["id"]: r["doc"] for r in make_reader(redshift_target)(t)}
+    assert rows == {1: big, 2: {"small": True}}

@@ -29,10 +29,10 @@ CREATE TEMP TABLE "zetl_stage_1" ("c0" BIGINT, "c1" INTEGER, "c2" VARCHAR(160), 
 INSERT INTO "zetl_stage_1" ("c0", "c1", "c2", "c3", "c4", "c5", "_zetl_op", "_zetl_keep_2") VALUES (%s, %s, %s, JSON_PARSE(%s), %s, %s, %s, %s), (%s, %s, %s, JSON_PARSE(%s), %s, %s, %s, %s);
 
 -- copy_into_stage
-COPY "zetl_stage_1" ("c0", "c1", "c2", "c3", "c4", "c5", "_zetl_op", "_zetl_keep_2") FROM 's3://bucket/zetl/it/b1/manifest.json' IAM_ROLE 'arn:aws:iam::123456789012:role/copy' FORMAT AS JSON 's3://bucket/zetl/it/b1/jsonpaths.json' MANIFEST GZIP TIMEFORMAT 'auto' DATEFORMAT 'auto' ACCEPTINVCHARS REGION 'eu-west-1';
+COPY "zetl_stage_1" ("c0", "c1", "c2", "c3", "c4", "c5", "_zetl_op", "_zetl_keep_2") FROM 's3://bucket/zetl/it/b1/manifest.json' IAM_ROLE 'arn:aws:iam::123456789012:role/copy' FORMAT AS JSON 's3://bucket/zetl/it/b1/jsonpaths.json' MANIFEST GZIP TIMEFORMAT 'auto' DATEFORMAT 'auto' REGION 'eu-west-1';
 
 -- copy_into_stage_default_role
-COPY "zetl_stage_1" ("c0", "c1", "c2", "c3", "c4", "c5", "_zetl_op", "_zetl_keep_2") FROM 's3://bucket/m' IAM_ROLE default FORMAT AS JSON 's3://bucket/j' MANIFEST GZIP TIMEFORMAT 'auto' DATEFORMAT 'auto' ACCEPTINVCHARS;
+COPY "zetl_stage_1" ("c0", "c1", "c2", "c3", "c4", "c5", "_zetl_op", "_zetl_keep_2") FROM 's3://bucket/m' IAM_ROLE default FORMAT AS JSON 's3://bucket/j' MANIFEST GZIP TIMEFORMAT 'auto' DATEFORMAT 'auto';
 
 -- fill_unchanged
 UPDATE "zetl_stage_1" SET "c2" = cur."note" FROM "analytics"."orders" AS cur WHERE cur."id" = "zetl_stage_1"."c0" AND cur."line" = "zetl_stage_1"."c1" AND "zetl_stage_1"."_zetl_keep_2";
