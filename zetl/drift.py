@@ -17,7 +17,8 @@ A difference the policy keeps on purpose (``kept_by_policy``: a column dropped i
 lenient policy keeps, what try_evolve tolerates) and that the daemon has already recorded in the
 schema history is reported as ``kept`` and does not count as drift. ``--fail-on lossy|breaking`` counts only steps of that classification or worse.
 
-JSON format (``--format json``), stable for CI::
+JSON format (``--format json``), stable for CI: one object per integration (a list of them when
+the paths hold several integrations)::
 
     {
       "integration": "shop-to-lake",
@@ -210,13 +211,14 @@ _DECISION_STYLE = {"apply": "yellow", "skip": "cyan", "fail": "red"}
 
 def render_table(report: DriftReport, console: Any) -> None:
     """Print the report for a terminal (rich console): one block per table and a summary line."""
+    from rich.markup import escape
     from rich.table import Table
 
     if report.error is not None:
-        console.print(f"[bold red]error[/] {report.integration}: {report.error}", highlight=False)
+        console.print(f"[bold red]error[/] {escape(report.integration)}: {escape(report.error)}", highlight=False)
     for t in report.tables:
         status = t.status(report.fail_on)
-        console.print(f"[{_STYLE[status]}]{status.replace('_', ' ')}[/]  [bold]{t.table}[/]" + ("" if t.target is not None else "  (not in the target)"))
+        console.print(f"[{_STYLE[status]}]{status.replace('_', ' ')}[/]  [bold]{escape(str(t.table))}[/]" + ("" if t.target is not None else "  (not in the target)"))
         if not t.plan.steps:
             continue
         grid = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
@@ -228,7 +230,7 @@ def render_table(report: DriftReport, console: Any) -> None:
             what = str(step.detected)
             if step.changes and list(step.changes) != [step.detected]:
                 what += "\n-> " + "\n-> ".join(str(c) for c in step.changes)
-            grid.add_row(step.column or "", what, step.classification, f"[{style}]{decision}[/]", step.reason)
+            grid.add_row(escape(step.column or ""), escape(what), step.classification, f"[{style}]{decision}[/]", escape(step.reason))
         console.print(grid)
     data = report.to_json()["summary"]
     console.print(

@@ -106,6 +106,15 @@ def test_drift_errors_exit_3(tmp_path: Path) -> None:
     broken.write_text("name: broken\nsource: {type: memory}\nsink: {type: file, path: t.db}\nschema_evolution: {behavior: sometimes}\n")
     code, output = drift(broken)
     assert code == 3 and "broken.yaml:4" in output and "schema_evolution.behavior" in output, output
+    # A source that cannot be reached: exit 3 with the reason, in JSON too.
+    unreachable = tmp_path / "unreachable.yaml"
+    unreachable.write_text(
+        "name: unreachable\nsource: {type: postgres, host: 127.0.0.1, port: 1, database: x, user: x, connect_timeout: 2s}\n"
+        "sink: {type: file, path: t.db}\ncheckpoint: {path: state.db}\n"
+    )
+    code, output = drift(unreachable, "--format", "json")
+    report = orjson.loads(output)
+    assert code == 3 and report["status"] == "error" and report["exit_code"] == 3 and "127.0.0.1" in report["error"], output
 
 
 def test_row_filter_syntax_error_points_into_the_yaml(tmp_path: Path) -> None:
