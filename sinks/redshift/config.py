@@ -115,7 +115,7 @@ class RedshiftConfig(SinkConfig):
     insert_rows_per_statement: int = Field(500, ge=1, le=10000)
     """Rows per multi-row INSERT into the staging table (``load: insert``)."""
     connect_timeout: int = Field(30, ge=1)
-    """Seconds to wait for a connection."""
+    """Seconds to wait for a connection (statements themselves have no client-side limit)."""
 
     model_config = {"extra": "forbid", "frozen": True, "populate_by_name": True}
 

@@ -133,6 +133,11 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         try:
             self._conn = rc.connect(**{k: v for k, v in kwargs.items() if v is not None})
             self._conn.autocommit = False
+            # The driver applies its timeout to every socket read, which would cut a long COPY or
+            # MERGE; it is meant for connecting. Dead connections are found by TCP keepalive.
+            sock = getattr(self._conn, "_usock", None)
+            if sock is not None and hasattr(sock, "settimeout"):
+                sock.settimeout(None)
             if cfg.case_sensitive_identifiers:
                 self._execute("SET enable_case_sensitive_identifier TO true")
             self._execute(sql.create_schema(self.schema_name))

@@ -445,3 +445,8 @@ def test_documents_over_json_parse_limit_go_through_copy(redshift_target: Redshi
         assert sink.status()["copy_batches"] == 1
     rows = {r["id"]: r["doc"] for r in make_reader(redshift_target)(t)}
     assert rows == {1: big, 2: {"small": True}}
+
+
+def test_connect_timeout_does_not_limit_statements(redshift_target: RedshiftTarget) -> None:
+    with make_factory(redshift_target, connect_timeout=1)() as sink:
+        assert sink._fetchall("SELECT 1 AS slept FROM pg_sleep(1.5)") == [[1]]
