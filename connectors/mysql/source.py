@@ -18,6 +18,7 @@ from zetl_connectors.mysql.config import MySQLConfig, default_server_id
 from zetl_connectors.mysql.connection import connect, connection_settings, map_error, pymysql
 from zetl_connectors.mysql.history import SchemaHistoryFile
 from zetl_connectors.mysql.position import MySQLPosition, SnapshotProgress
+from zetl_connectors.mysql.rowdecode import RowDecoder
 from zetl_connectors.mysql.preflight import ServerInfo, check_settings, server_info
 from zetl_connectors.mysql.snapshot import begin_consistent_snapshot, current_position, estimate_rows, read_table
 from zetl_connectors.mysql.stream import BinlogAssembler
@@ -58,6 +59,7 @@ class MySQLSource(Source[MySQLConfig]):
         self._driver: Any = None
         self._announced: set[TableId] = set()
         self._generator: Any = None
+        self._fast_rows = True  # tests turn it off to compare with the library's own decoding
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -313,6 +315,7 @@ class MySQLSource(Source[MySQLConfig]):
             max_batch_rows=self.config.max_batch_rows,
             logger=self.log,
             announced=self._announced,
+            row_decoder=RowDecoder() if self._fast_rows else None,
             on_schema_change=history.record,
         )
         self._assembler = assembler
@@ -341,6 +344,8 @@ class MySQLSource(Source[MySQLConfig]):
             batches = assembler.feed(event)
             if assembler.table_maps_dirty:
                 stream.table_map = {}
+                if assembler.row_decoder is not None:
+                    assembler.row_decoder.clear()
                 assembler.table_maps_dirty = False
             if not batches and time.monotonic() - last_yield >= 1.0:
                 batches = assembler.tick()

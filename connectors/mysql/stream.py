@@ -32,6 +32,7 @@ from zetl_connectors.mysql.convert import Converter, stream_converter
 from zetl_connectors.mysql.ddl import interpret
 from zetl_connectors.mysql.gtid import MariaDBGtidState, MySQLGtidSet
 from zetl_connectors.mysql.position import MySQLPosition
+from zetl_connectors.mysql.rowdecode import RowDecoder
 
 __all__ = ["BinlogAssembler", "diff_schemas"]
 
@@ -124,6 +125,7 @@ class BinlogAssembler:
         max_batch_delay: float = 0.5,
         logger: logging.Logger | None = None,
         announced: Iterable[TableId] = (),
+        row_decoder: RowDecoder | None = None,
         on_schema_change: Callable[[MySQLPosition, dict[TableId, Schema | None]], None] | None = None,
     ) -> None:
         self.mariadb = mariadb
@@ -140,8 +142,10 @@ class BinlogAssembler:
         # Tables whose CreateTable this read has handed out (the first batch about a table starts with one).
         self._announced: set[TableId] = set(announced)
         self.on_schema_change = on_schema_change
+        self.row_decoder = row_decoder
         self._selected: dict[tuple[str, str], TableId | None] = {}
         self._seen_fake_rotate = False
+        self._next_file: str | None = None
         self._ddl_tables: set[TableId] = set()
         self.table_maps_dirty = False
         # the transaction being read
@@ -227,16 +231,19 @@ class BinlogAssembler:
 
     def _rotate(self, event: Any) -> list[Batch]:
         if event.timestamp == 0:
-            # The server sends a rotate with timestamp 0 when a binlog connection starts. A second
-            # one means the reader reconnected by itself, possibly in the middle of a transaction:
-            # start again from the last durable position instead.
-            if self._seen_fake_rotate:
+            # The server sends a rotate with timestamp 0 when a binlog connection starts and when
+            # it moves on to the next file (right after the real rotate event that ends the old
+            # one). Any other means the reader reconnected by itself, possibly in the middle of a
+            # transaction or from an older GTID: start again from the last durable position.
+            if self._seen_fake_rotate and event.next_binlog != self._next_file:
                 raise SourceConnectionError(
-                    f"the binlog connection was re-established at {self.file}; restarting from the last checkpoint"
+                    f"the binlog connection was re-established at {event.next_binlog}:{event.position}; restarting from the last checkpoint"
                 )
             self._seen_fake_rotate = True
+            self._next_file = None
             self.file = event.next_binlog
             return []
+        self._next_file = event.next_binlog
         self.file = event.next_binlog
         self.table_maps_dirty = True
         if not self._in_txn:
@@ -253,6 +260,16 @@ class BinlogAssembler:
         ts = event.timestamp
         log = self.log
         rows = self._txn_rows
+        fast = self.row_decoder.rows(event, op is Op.UPDATE) if self.row_decoder is not None else None
+        if fast is not None:
+            row = dec.row
+            if op is Op.INSERT:
+                rows.extend((table, op, None, row(v, log), ts) for v in fast)
+            elif op is Op.DELETE:
+                rows.extend((table, op, row(v, log), None, ts) for v in fast)
+            else:
+                rows.extend((table, op, row(b, log), row(a, log), ts) for b, a in fast)
+            return
         if op is Op.INSERT:
             for r in event.rows:
                 rows.append((table, op, None, dec.row(r["values"], log), ts))

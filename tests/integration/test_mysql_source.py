@@ -148,7 +148,8 @@ def _canonical(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_every_common_type_in_snapshot_and_stream(mariadb_server: MariaDBServer, mariadb_database: str, driver: Driver) -> None:
+@pytest.mark.parametrize("fast_rows", [True, False], ids=["zetl-row-decoder", "library-row-decoder"])
+def test_every_common_type_in_snapshot_and_stream(mariadb_server: MariaDBServer, mariadb_database: str, driver: Driver, fast_rows: bool) -> None:
     driver.run(TYPES_DDL)
     driver.run("SET time_zone = '+05:00'")  # TIMESTAMP literals are in the session zone: 12:00 UTC = 17:00 +05
     driver.run("INSERT INTO `all types` VALUES " + TYPES_ROW.replace("%s", "1").replace("12:00:00.250", "17:00:00.250"))
@@ -163,6 +164,7 @@ def test_every_common_type_in_snapshot_and_stream(mariadb_server: MariaDBServer,
             driver.run("INSERT INTO `all types` (id) VALUES (4)")
 
     with make_source(mariadb_server, mariadb_database) as source:
+        source._fast_rows = fast_rows
         schema = {s.table: s for s in source.discover()}[table]
         assert {f.name: str(f.type) for f in schema.fields} == EXPECTED_SCHEMA
         events, _ = collect_events(source, None, until=lambda ev: len([e for e in ev if e.op is Op.INSERT]) >= 2, on_batch=stream_more)

@@ -307,6 +307,16 @@ def test_a_silent_reconnect_is_refused_rather_than_resumed_mid_transaction() -> 
         a.feed(RotateEvent(Packet(0), timestamp=0, next_binlog="binlog.000007"))
 
 
+def test_moving_to_the_next_binlog_file_is_not_a_reconnect() -> None:
+    a = _assembler()
+    a.feed(RotateEvent(Packet(0), timestamp=0, next_binlog="binlog.000007"))
+    a.feed(RotateEvent(Packet(900), next_binlog="binlog.000008", position=4))
+    a.feed(RotateEvent(Packet(0), timestamp=0, next_binlog="binlog.000008", position=4))
+    assert a.position == MySQLPosition("binlog.000008", 4)
+    with pytest.raises(SourceConnectionError):
+        a.feed(RotateEvent(Packet(0), timestamp=0, next_binlog="binlog.000008", position=4))
+
+
 def test_rows_of_an_unknown_table_that_is_gone_need_attention() -> None:
     a = BinlogAssembler(mariadb=False, start=MySQLPosition("binlog.000001", 4), schemas={}, selector=TableSelection.of([]), reread=lambda t: None)
     a.feed(QueryEvent(Packet(10), query="BEGIN"))
