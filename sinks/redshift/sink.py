@@ -28,6 +28,7 @@ from zetl.sink import Sink, SinkCapabilities
 
 from . import sql
 from .config import RedshiftConfig
+from .diagnose import locate_rejected_value
 from .ddl import SchemaChangeMixin
 from .errors import map_driver_error
 from .identifiers import IdentifierRules
@@ -105,6 +106,7 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         self._stored_loaded = False
         self._stage_counter = 0
         self._stager: S3Stager | None = None
+        self._current: tuple[TableLayout, Segment] | None = None
         self._stats: dict[str, Any] = {"batches": 0, "rows": 0, "copy_batches": 0, "insert_batches": 0, "skipped_batches": 0}
 
     # -- connection -----------------------------------------------------------------------
@@ -271,6 +273,7 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         now = dt.datetime.now(dt.timezone.utc)
         staged_files: list[StagedBatch] = []
         table_name: str | None = None
+        self._current: tuple[TableLayout, Segment] | None = None
         try:
             for table, events in by_table.items():
                 table_name = str(table)
@@ -297,13 +300,37 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         except Exception as exc:
             self._rollback()
             self._cleanup(staged_files)
-            raise map_driver_error(exc, action="writing a batch", table=table_name) from exc
+            error = map_driver_error(exc, action="writing a batch", table=table_name)
+            rejected = self._find_rejected_value(exc)
+            if rejected is not None:
+                error = SinkError(f"{error.message}; {rejected}", retryable=error.retryable)
+            raise error from exc
         self._cleanup(staged_files)
         if batch.end_position is not None:
             self._stored, self._stored_loaded = batch.end_position, True
         self._stats["batches"] += 1
         self._stats["rows"] += batch.row_count
         return batch.end_position
+
+    def _find_rejected_value(self, exc: BaseException) -> str | None:
+        """For a data error (SQLSTATE 22xxx), which column and value of the failing segment it was."""
+        fields = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        if not str(fields.get("C", "")).startswith("22") or self._current is None or self._conn is None:
+            return None
+        layout, segment = self._current
+        encoder = ValueEncoder(layout, self.config.oversize_strings, self.log)
+        try:
+            self._conn.autocommit = True
+            found = locate_rejected_value(self._execute, layout, segment.rows, encoder)
+        except Exception as probe_error:  # diagnosis is best effort; the original error stands
+            self.log.debug("could not locate the rejected value: %s", probe_error)
+            return None
+        finally:
+            try:
+                self._conn.autocommit = False
+            except Exception:
+                pass
+        return found.describe(layout) if found is not None else None
 
     def _cleanup(self, staged_files: list[StagedBatch]) -> None:
         if self._stager is None:
@@ -322,6 +349,7 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
                 self._execute(sql.delete_all(layout))
         if not segment.rows:
             return
+        self._current = (layout, segment)
         self._stage_counter += 1
         stage = sql.StageLayout(f"zetl_stage_{self._stage_counter}", layout, segment.keep_columns)
         self._execute(sql.create_stage(stage))

@@ -322,6 +322,7 @@ def test_rejected_value_names_table_column_and_is_fatal(redshift_target: Redshif
             sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 1, "code": "abcdefghijk", "amount": Decimal("1")}, _pos(1)),), end_position=_pos(1)))
         assert info.value.retryable is False
         assert "shop.strict" in info.value.message and "SQLSTATE 22001" in info.value.message
+        assert "rejected value 'abcdefghijk' in column code (Redshift column code, VARCHAR(8)) of the row with id=1" in info.value.message
         with pytest.raises(SinkError) as info:
             sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 1, "code": "ab", "amount": Decimal("NaN")}, _pos(1)),), end_position=_pos(1)))
         assert info.value.retryable is False and "shop.strict.amount" in info.value.message and "NaN" in info.value.message
@@ -450,3 +451,16 @@ def test_documents_over_json_parse_limit_go_through_copy(redshift_target: Redshi
 def test_connect_timeout_does_not_limit_statements(redshift_target: RedshiftTarget) -> None:
     with make_factory(redshift_target, connect_timeout=1)() as sink:
         assert sink._fetchall("SELECT 1 AS slept FROM pg_sleep(1.5)") == [[1]]
+
+
+def test_rejected_value_is_found_among_many_rows_loaded_by_copy(redshift_target: RedshiftTarget) -> None:
+    t = TableId("shop", "prices")
+    schema = Schema.of(t, [Field("id", T.int64), Field("label", T.string()), Field("price", T.decimal(5, 2))], ["id"])
+    events = tuple(ChangeEvent.insert(t, {"id": i, "label": f"l{i}", "price": Decimal("12345.67") if i == 217 else Decimal("1.25")}, _pos(i)) for i in range(1, 301))
+    with make_factory(redshift_target, load="s3_copy")() as sink:
+        sink.apply(CreateTable(t, schema))
+        with pytest.raises(SinkError) as info:
+            sink.write(Batch(events=events, end_position=_pos(300)))
+        assert "rejected value Decimal('12345.67') in column price (Redshift column price, DECIMAL(5,2)) of the row with id=217" in info.value.message
+        assert not info.value.retryable
+        assert redshift_target.query("SELECT count(*) AS n FROM public.prices")[0]["n"] == 0
