@@ -211,7 +211,14 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         if not catalog:
             return None
         if stored:
-            return TableLayout.from_json(stored[0][0], schema_name, target)
+            layout = TableLayout.from_json(stored[0][0], schema_name, target)
+            if layout.table != table:
+                raise SchemaError(
+                    f"source tables {layout.table} and {table} both map to Redshift table {schema_name}.{target}; "
+                    "make sink.table_name tell them apart (e.g. \"{namespace}_{name}\") or replicate them with different schemas",
+                    table=str(table),
+                )
+            return layout
         # A table zetl did not create: take it as it is (names are the source names).
         history_names = {"_op", "_position", "_valid_from", "_valid_to"}
         names = {row[0] for row in catalog}

@@ -464,3 +464,12 @@ def test_rejected_value_is_found_among_many_rows_loaded_by_copy(redshift_target:
         assert "rejected value Decimal('12345.67') in column price (Redshift column price, DECIMAL(5,2)) of the row with id=217" in info.value.message
         assert not info.value.retryable
         assert redshift_target.query("SELECT count(*) AS n FROM public.prices")[0]["n"] == 0
+
+
+def test_two_source_tables_mapping_to_one_target_table_is_an_error(redshift_target: RedshiftTarget) -> None:
+    first, second = TableId("public", "orders"), TableId("archive", "orders")
+    with make_factory(redshift_target)() as sink:
+        sink.apply(CreateTable(first, Schema.of(first, [Field("id", T.int64)], ["id"])))
+    with make_factory(redshift_target)() as sink:
+        with pytest.raises(SchemaError, match=r"public\.orders and archive\.orders both map to Redshift table public\.orders.*\{namespace\}_\{name\}"):
+            sink.current_schema(second)
