@@ -90,31 +90,37 @@ def _decimal(precision: int, scale: int) -> Reader:
     uncomp_frac, comp_frac = divmod(scale, 9)
     comp_int_bytes, comp_frac_bytes = _DIG2BYTES[comp_int], _DIG2BYTES[comp_frac]
     size = comp_int_bytes + uncomp_int * 4 + uncomp_frac * 4 + comp_frac_bytes
+    sign_bit = 0x80 << (8 * (size - 1))
+    all_ones = (1 << (8 * size)) - 1
+    # (bit shift, digits) of each group from the most significant: the integral part, then the fraction
+    int_groups = ([(comp_int_bytes * 8, comp_int)] if comp_int_bytes else []) + [(32, 9)] * uncomp_int
+    frac_groups = [(32, 9)] * uncomp_frac + ([(comp_frac_bytes * 8, comp_frac)] if comp_frac_bytes else [])
+    frac_bits = sum(bits for bits, _ in frac_groups)
+    frac_mask = (1 << frac_bits) - 1
+
+    def groups(value: int, layout: list[tuple[int, int]], total_bits: int) -> int:
+        out = 0
+        shift = total_bits
+        for bits, digits in layout:
+            shift -= bits
+            out = out * 10**digits + ((value >> shift) & ((1 << bits) - 1))
+        return out
+
+    int_bits = sum(bits for bits, _ in int_groups)
 
     def read(b: bytes, o: int) -> tuple[Any, int]:
-        raw = bytearray(b[o : o + size])
-        negative = not (raw[0] & 0x80)
-        raw[0] ^= 0x80
+        raw = int.from_bytes(b[o : o + size], "big")
+        negative = not raw & sign_bit
+        raw ^= sign_bit
         if negative:
-            raw = bytearray(x ^ 0xFF for x in raw)
-        p = 0
-        digits = []
-        if comp_int_bytes:
-            digits.append(str(int.from_bytes(raw[p : p + comp_int_bytes], "big")))
-            p += comp_int_bytes
-        for _ in range(uncomp_int):
-            digits.append("%09d" % int.from_bytes(raw[p : p + 4], "big"))
-            p += 4
-        text = "".join(digits) or "0"
+            raw ^= all_ones
+        whole = groups(raw >> frac_bits, int_groups, int_bits)
         if scale:
-            frac = []
-            for _ in range(uncomp_frac):
-                frac.append("%09d" % int.from_bytes(raw[p : p + 4], "big"))
-                p += 4
-            if comp_frac_bytes:
-                frac.append(str(int.from_bytes(raw[p : p + comp_frac_bytes], "big")).zfill(comp_frac))
-            text += "." + "".join(frac)
-        return Decimal(("-" if negative else "") + text), o + size
+            frac = groups(raw & frac_mask, frac_groups, frac_bits)
+            text = f"{'-' if negative else ''}{whole}.{frac:0{scale}d}"
+        else:
+            text = f"{'-' if negative else ''}{whole}"
+        return Decimal(text), o + size
 
     return read
 
@@ -229,26 +235,46 @@ def _reader(c: Any) -> Reader | None:
     return None
 
 
+_FIXED = {  # type code -> (struct format signed, unsigned); read inline by the generated code
+    _TINY: ("<b", "<B"),
+    _SHORT: ("<h", "<H"),
+    _LONG: ("<i", "<I"),
+    _LONGLONG: ("<q", "<Q"),
+    _FLOAT: ("<f", "<f"),
+    _DOUBLE: ("<d", "<d"),
+}
+
+
 class _TableRows:
-    __slots__ = ("names", "readers", "nbytes")
+    """One row image decoder, generated for the table's column layout.
 
-    def __init__(self, names: tuple[str, ...], readers: list[Reader]) -> None:
+    The generated code holds only integer constants: names, readers and structs are looked up
+    by index in tuples, so nothing from the server ever becomes code.
+    """
+
+    __slots__ = ("names", "image")
+
+    def __init__(self, names: tuple[str, ...], columns: list[Any], readers: list[Reader]) -> None:
         self.names = names
-        self.readers = readers
-        self.nbytes = (len(names) + 7) // 8
-
-    def image(self, b: bytes, o: int) -> tuple[dict[str, Any], int]:
-        nulls = b[o : o + self.nbytes]
-        o += self.nbytes
-        row: dict[str, Any] = {}
-        i = 0
-        for name, read in zip(self.names, self.readers):
-            if nulls[i >> 3] >> (i & 7) & 1:
-                row[name] = None
+        nbytes = (len(names) + 7) // 8
+        structs: list[Any] = []
+        lines = ["def image(b, o):", f"    nulls = b[o:o + {nbytes}]", f"    o += {nbytes}", "    row = {}"]
+        for i, (c, _) in enumerate(zip(columns, readers)):
+            lines.append(f"    if nulls[{i >> 3}] & {1 << (i & 7)}:")
+            lines.append(f"        row[N[{i}]] = None")
+            lines.append("    else:")
+            fixed = _FIXED.get(c.type)
+            if fixed is not None:
+                st = struct.Struct(fixed[1] if getattr(c, "unsigned", False) else fixed[0])
+                structs.append(st.unpack_from)
+                lines.append(f"        row[N[{i}]] = S[{len(structs) - 1}](b, o)[0]")
+                lines.append(f"        o += {st.size}")
             else:
-                row[name], o = read(b, o)
-            i += 1
-        return row, o
+                lines.append(f"        row[N[{i}]], o = R[{i}](b, o)")
+        lines.append("    return row, o")
+        namespace: dict[str, Any] = {"N": names, "R": tuple(readers), "S": tuple(structs)}
+        exec(compile("\n".join(lines), "<zetl row image>", "exec"), namespace)  # noqa: S102 - generated from integers only
+        self.image: Callable[[bytes, int], tuple[dict[str, Any], int]] = namespace["image"]
 
 
 class RowDecoder:
@@ -277,7 +303,7 @@ class RowDecoder:
             except (LookupError, AttributeError):
                 readers = [None]
             if all(r is not None for r in readers):
-                decoder = _TableRows(names, readers)  # type: ignore[arg-type]
+                decoder = _TableRows(names, list(columns), readers)  # type: ignore[arg-type]
         self._tables[event.table_id] = (table, decoder)
         return decoder
 

@@ -73,17 +73,27 @@ def diff_schemas(old: Schema | None, new: Schema | None, table: TableId) -> list
 class _TableDecoder:
     """Turns one table's row dicts into canonical rows of its current schema."""
 
-    __slots__ = ("schema", "names", "converters", "warned")
+    __slots__ = ("schema", "names", "name_set", "converters", "needed", "warned")
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
         self.names = schema.names
+        self.name_set = set(self.names)
         self.converters: list[tuple[str, Converter | None]] = [
             (f.name, stream_converter(f, f"table {schema.table}, column {f.name}")) for f in schema.fields
         ]
+        self.needed = [(n, c) for n, c in self.converters if c is not None]
         self.warned = False
 
     def row(self, values: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
+        """The row in the schema's columns with canonical values. ``values`` is the decoder's own
+        fresh dict: when it has exactly the schema's columns it is converted in place."""
+        if values.keys() == self.name_set:
+            for name, conv in self.needed:
+                v = values[name]
+                if v is not None:
+                    values[name] = conv(v)
+            return values
         out = {}
         for name, conv in self.converters:
             v = values.get(name)
@@ -353,8 +363,11 @@ class BinlogAssembler:
             self._pending_since = time.monotonic()
         if self._txn_rows:
             append = self._pending_events.append
+            last_ts, commit_ts = None, None
             for table, op, before, after, ts in self._txn_rows:
-                append(ChangeEvent(table, op, before, after, position, dt.datetime.fromtimestamp(ts, _UTC), txid))
+                if ts != last_ts:
+                    last_ts, commit_ts = ts, dt.datetime.fromtimestamp(ts, _UTC)
+                append(ChangeEvent(table, op, before, after, position, commit_ts, txid))
         self._pending_changes.extend(self._txn_changes)
         self._pending_end = position
         self._txn_rows = []
