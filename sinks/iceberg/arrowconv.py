@@ -6,7 +6,6 @@ differently from the canonical layout (uuid as 16 bytes, json and very wide deci
 
 from __future__ import annotations
 
-import decimal
 import uuid
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -45,12 +44,6 @@ def _decimal_text(value: Any) -> Any:
     return None if value is None else str(value)
 
 
-def _finite_decimal(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal) and not value.is_finite():
-        raise ValueError(f"{value} cannot be stored in an Iceberg decimal column")
-    return value
-
-
 def python_converter(dtype: DataType) -> Converter | None:
     """How a canonical Python value becomes the value pyarrow needs for the Iceberg column
     (None: no conversion). Recurses into lists and structs."""
@@ -60,7 +53,8 @@ def python_converter(dtype: DataType) -> Converter | None:
     if kind is TypeKind.JSON:
         return _json_text
     if kind is TypeKind.DECIMAL:
-        return _decimal_text if stored_as_text(dtype) else _finite_decimal
+        # NaN and infinities make pyarrow raise, which _column reports with the column's name.
+        return _decimal_text if stored_as_text(dtype) else None
     if kind is TypeKind.LIST and dtype.element is not None:
         inner = python_converter(dtype.element)
         if inner is None:
@@ -84,25 +78,53 @@ def _column(values: list[Any], field: pa.Field, convert: Converter | None, table
 
 
 def rows_to_arrow(
-    rows: Sequence[Mapping[str, Any]], schema: pa.Schema, types: Mapping[str, DataType], table: str
+    rows: Sequence[Mapping[str, Any]], schema: pa.Schema, types: Mapping[str, DataType], table: str, *, may_be_unchanged: bool = True
 ) -> tuple[pa.Table, dict[str, pa.Array]]:
     """An Arrow table of ``rows`` in ``schema``; columns missing from a row are NULL.
 
     Returns the table and, for each column where some row holds ``UNCHANGED``, a boolean mask of
     those rows (their value in the table is NULL until the caller fills it from the target).
     """
-    arrays: list[pa.Array] = []
     unchanged: dict[str, pa.Array] = {}
+    converters = {f.name: python_converter(types[f.name]) if f.name in types else None for f in schema}
+    if may_be_unchanged:
+        rows, unchanged = _split_unchanged(rows, schema)
+    nullable = _nullable(schema)
+    # Columns that need no conversion go through one C++ struct conversion (much faster than
+    # a Python list per column); the others are converted value by value.
+    direct = [f for f in nullable if converters.get(f.name) is None]
+    columns: dict[str, pa.Array] = {}
+    if direct:
+        try:
+            struct = pa.array(rows, type=pa.struct(direct))
+            columns = {f.name: struct.field(i) for i, f in enumerate(direct)}
+        except (ValueError, TypeError, pa.ArrowException):
+            columns = {}  # find the failing column below, for a precise error
+    arrays = []
     for field in schema:
         name = field.name
-        values = [r.get(name) for r in rows]
-        flags = [v is UNCHANGED for v in values]
-        if any(flags):
-            unchanged[name] = pa.array(flags, type=pa.bool_())
-            values = [None if f else v for v, f in zip(values, flags)]
-        dtype = types.get(name)
-        arrays.append(_column(values, field, python_converter(dtype) if dtype is not None else None, table))
-    return pa.Table.from_arrays(arrays, schema=_nullable(schema)), unchanged
+        column = columns.get(name)
+        if column is None:
+            column = _column([r.get(name) for r in rows], field, converters.get(name), table)
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, schema=nullable), unchanged
+
+
+def _split_unchanged(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> tuple[Sequence[Mapping[str, Any]], dict[str, pa.Array]]:
+    """Rows with ``UNCHANGED`` replaced by None, and per affected column the mask of those rows."""
+    masks: dict[str, list[bool]] = {}
+    out: list[Mapping[str, Any]] = []
+    for i, row in enumerate(rows):
+        if UNCHANGED in row.values():
+            clean = dict(row)
+            for name, value in row.items():
+                if value is UNCHANGED:
+                    masks.setdefault(name, [False] * len(rows))[i] = True
+                    clean[name] = None
+            out.append(clean)
+        else:
+            out.append(row)
+    return out, {name: pa.array(mask, type=pa.bool_()) for name, mask in masks.items()}
 
 
 def _nullable(schema: pa.Schema) -> pa.Schema:

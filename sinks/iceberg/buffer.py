@@ -36,10 +36,12 @@ class LoggedChange:
 class TableBuffer:
     primary_key: tuple[str, ...]
     truncated: bool = False
-    changes: dict[tuple[Any, ...], dict[str, Any] | None] = field(default_factory=dict)
+    changes: dict[tuple[Any, ...], Mapping[str, Any] | None] = field(default_factory=dict)
     chunks: list[tuple[pa.Table | pa.RecordBatch, Position | None]] = field(default_factory=list)
     log: list[LoggedChange] = field(default_factory=list)
     rows: int = 0
+    has_unchanged: bool = False
+    """Some buffered row holds an ``UNCHANGED`` value (to be read from the table at commit)."""
 
     @property
     def is_empty(self) -> bool:
@@ -52,7 +54,10 @@ class TableBuffer:
         self.log.clear()
 
     def _key(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(row[c] for c in self.primary_key)
+        pk = self.primary_key
+        if len(pk) == 1:
+            return (row[pk[0]],)
+        return tuple([row[c] for c in pk])
 
     def add_event(self, event: ChangeEvent) -> None:
         """Collapse one INSERT/UPDATE/DELETE/READ into ``changes`` (current-state mode)."""
@@ -61,23 +66,33 @@ class TableBuffer:
             assert event.before is not None
             self.changes[self._key(event.before)] = None
             return
-        assert event.after is not None
-        after = dict(event.after)
+        after = event.after
+        assert after is not None
         key = self._key(after)
+        changes = self.changes
         if event.op is Op.UPDATE and event.before is not None:
             try:
                 old_key = self._key(event.before)
             except KeyError:
                 old_key = key
             if old_key != key:  # the primary key changed: the old row is gone
-                previous = self.changes.get(old_key)
-                self.changes[old_key] = None
-                if previous is not None:
-                    self._fill(after, previous)
-        previous = self.changes.get(key)
-        if previous is not None:
-            self._fill(after, previous)
-        self.changes[key] = after
+                previous = changes.get(old_key)
+                changes[old_key] = None
+                if previous is not None and UNCHANGED in after.values():
+                    after = self._filled(after, previous)
+        if UNCHANGED in after.values():
+            previous = changes.get(key)
+            if previous is not None:
+                after = self._filled(after, previous)
+            if UNCHANGED in after.values():
+                self.has_unchanged = True
+        changes[key] = after  # type: ignore[assignment]
+
+    @classmethod
+    def _filled(cls, row: Mapping[str, Any], previous: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(row)
+        cls._fill(out, previous)
+        return out
 
     @staticmethod
     def _fill(row: dict[str, Any], previous: Mapping[str, Any]) -> None:
@@ -104,17 +119,19 @@ class TableBuffer:
         buffered version of the row when there is one."""
         self.rows += 1
         row = dict(event.row or {})
-        if self.primary_key and any(v is UNCHANGED for v in row.values()):
+        if self.primary_key and UNCHANGED in row.values():
             key = tuple(row.get(c) for c in self.primary_key)
             for earlier in reversed(self.log):
                 if tuple(earlier.row.get(c) for c in self.primary_key) == key:
                     self._fill(row, earlier.row)
                     break
+        if UNCHANGED in row.values():
+            self.has_unchanged = True
         self.log.append(LoggedChange(event.op, row, event.position, event.commit_ts))
 
-    def event_rows(self) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+    def event_rows(self) -> tuple[list[Mapping[str, Any]], list[tuple[Any, ...]]]:
         """The rows to write and the keys to remove (current-state mode)."""
-        rows: list[dict[str, Any]] = []
+        rows: list[Mapping[str, Any]] = []
         gone: list[tuple[Any, ...]] = []
         for key, row in self.changes.items():
             if row is None:

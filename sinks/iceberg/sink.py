@@ -453,8 +453,8 @@ class IcebergSink(Sink[IcebergConfig]):
         self._require_open()
         for chunk in batch.chunks:
             self._add_chunk(chunk, batch.end_position)
-        for event in batch.events:
-            self._add_event(event, batch.end_position)
+        if batch.events:
+            self._add_events(batch.events, batch.end_position)
         if batch.end_position is not None:
             self._pending_end = batch.end_position
         if self._buffered_rows == 0 and not any(not b.is_empty for b in self._buffers.values()):
@@ -477,20 +477,29 @@ class IcebergSink(Sink[IcebergConfig]):
             buffer.add_chunk(chunk.rows, chunk.position)
         self._note_buffered(len(chunk))
 
-    def _add_event(self, event: ChangeEvent, end: Position | None) -> None:
-        if self._already_committed(event.table, event.position or end):
-            return
-        buffer = self._buffer(event.table)
-        if event.op is Op.TRUNCATE:
-            if self.config.mode == "changelog":
+    def _add_events(self, events: tuple[ChangeEvent, ...], end: Position | None) -> None:
+        """Buffer row changes; the hot path of streaming, so per-table state is looked up once."""
+        changelog = self.config.mode == "changelog"
+        tables: dict[TableId, tuple[TableBuffer, Position | None]] = {}
+        added = 0
+        for event in events:
+            state = tables.get(event.table)
+            if state is None:
+                state = tables[event.table] = (self._buffer(event.table), self._mark(event.table).position)
+            buffer, committed = state
+            if committed is not None:
+                position = event.position or end
+                if position is not None and position.kind == committed.kind and position <= committed:
+                    continue  # already in Iceberg (a replay after a crash)
+            if changelog:
                 buffer.add_logged(event)
-            else:
+            elif event.op is Op.TRUNCATE:
                 buffer.truncate()
-        elif self.config.mode == "changelog":
-            buffer.add_logged(event)
-        else:
-            buffer.add_event(event)
-        self._note_buffered(1)
+            else:
+                buffer.add_event(event)
+            added += 1
+        if added:
+            self._note_buffered(added)
 
     def _note_buffered(self, rows: int) -> None:
         if self._first_buffered_at is None:

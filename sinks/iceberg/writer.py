@@ -140,9 +140,9 @@ def commit_current(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, 
     schema = _arrow_schema(iceberg_table)
     pk = buffer.primary_key
     rows, gone = buffer.event_rows()
-    event_table, unchanged = rows_to_arrow(rows, schema, types, table)
+    event_table, unchanged = rows_to_arrow(rows, schema, types, table, may_be_unchanged=buffer.has_unchanged)
     event_keys = key_strings(event_table, pk) if event_table.num_rows else pa.array([], type=pa.large_binary())
-    gone_table, _ = rows_to_arrow(TableBuffer.key_rows(pk, gone), schema, types, table)
+    gone_table, _ = rows_to_arrow(TableBuffer.key_rows(pk, gone), schema, types, table, may_be_unchanged=False)
 
     # Snapshot rows: the newest version of each key, unless a buffered change is newer still.
     chunk_rows = _concat([chunk_to_arrow(rows_, schema, types, table) for rows_, _ in buffer.chunks], event_table.schema)
@@ -198,7 +198,7 @@ def commit_changelog(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str
         row["_position"] = orjson.dumps(change.position.to_json()).decode() if change.position is not None else None
         row["_commit_ts"] = change.commit_ts
         rows.append(row)
-    data, unchanged = rows_to_arrow(rows, schema, types, table)
+    data, unchanged = rows_to_arrow(rows, schema, types, table, may_be_unchanged=buffer.has_unchanged)
     if unchanged:
         data = _fill_unchanged_from_history(iceberg_table, data, unchanged, buffer.primary_key, types, table)
     _commit(iceberg_table, data.cast(schema) if data.num_rows else data, [], properties)
