@@ -1,0 +1,159 @@
+"""Reading a table into Arrow, chunk by chunk in primary-key order, inside a given snapshot.
+
+Each chunk is one ``COPY (SELECT ... WHERE key > last ORDER BY key LIMIT n) TO STDOUT (FORMAT
+csv)``; pyarrow's CSV reader turns the text into typed columns in C++. Measured on the benchmark
+table (10 columns, 500k rows), this is several times faster than ``COPY ... (FORMAT binary)`` with
+psycopg's per-value loaders, which run Python code for every value (see BENCHMARKS.md).
+Types pyarrow cannot parse from Postgres text (bytea, uuid, arrays, json) are read as text and
+converted with the same decoders as the change stream.
+
+Guarantees: chunks are disjoint and, concatenated, hold every row of the table visible in the
+transaction's snapshot exactly once; the key of a chunk's last row is returned with it, so that
+reading can resume after it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator
+
+from zetl.schema.types import Schema, TypeKind
+
+from .decoding import arrow_type, decoder_for, to_pg_text
+
+if TYPE_CHECKING:
+    import psycopg
+    import pyarrow as pa
+
+__all__ = ["ChunkReader"]
+
+# Canonical kinds whose Postgres text pyarrow's CSV reader parses directly into the Arrow type.
+_ARROW_PARSES = {
+    TypeKind.BOOLEAN, TypeKind.INT16, TypeKind.INT32, TypeKind.INT64, TypeKind.FLOAT32, TypeKind.FLOAT64,
+    TypeKind.DECIMAL, TypeKind.STRING, TypeKind.DATE, TypeKind.TIME, TypeKind.TIMESTAMP,
+}  # fmt: skip
+
+
+@dataclass
+class _Column:
+    name: str
+    arrow: Any
+    csv_type: Any  # what the CSV reader produces
+    convert: str  # "none", "json", "utc", "python"
+
+
+class ChunkReader:
+    """Reads one table of a snapshot transaction in key-ordered chunks of ``chunk_rows`` rows."""
+
+    def __init__(self, conn: "psycopg.Connection[Any]", schema: Schema, chunk_rows: int) -> None:
+        import pyarrow as pa
+        from psycopg import sql
+
+        self.conn = conn
+        self.schema = schema
+        self.chunk_rows = chunk_rows
+        self.key = schema.primary_key
+        self.columns: list[_Column] = []
+        select: list[Any] = []
+        for f in schema.fields:
+            ident = sql.Identifier(f.name)
+            target = arrow_type(f.type)
+            if f.type.kind in _ARROW_PARSES:
+                self.columns.append(_Column(f.name, target, target, "none"))
+                select.append(ident)
+            elif f.type.kind is TypeKind.TIMESTAMPTZ:
+                # the session time zone is UTC; drop the offset in SQL so the CSV reader parses it
+                self.columns.append(_Column(f.name, target, pa.timestamp("us"), "utc"))
+                select.append(sql.SQL("({} AT TIME ZONE 'UTC')").format(ident))
+            elif f.type.kind is TypeKind.JSON:
+                self.columns.append(_Column(f.name, target, pa.string(), "json"))
+                select.append(ident)
+            else:
+                self.columns.append(_Column(f.name, target, pa.string(), "python"))
+                select.append(ident)
+        self._decoders = {f.name: decoder_for(f.type) for f in schema.fields}
+        self._select = sql.SQL(", ").join(select)
+        self._from = sql.Identifier(schema.table.namespace, schema.table.name)
+        self._order = sql.SQL(", ").join(sql.Identifier(k) for k in self.key)
+        self._arrow_schema = pa.schema([(c.name, c.arrow) for c in self.columns])
+
+    def _query(self, after: tuple[str, ...] | None) -> Any:
+        from psycopg import sql
+
+        if not self.key:  # no key: the whole table in one read (resuming re-reads it)
+            return sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT csv)").format(self._select, self._from)
+        where = sql.SQL("")
+        if after is not None:
+            # COPY takes no bind parameters: the bound is written as properly escaped literals
+            # (psycopg's sql.Literal), compared as a row value in key order.
+            keys = sql.SQL(", ").join(sql.Identifier(k) for k in self.key)
+            values = sql.SQL(", ").join(sql.Literal(v) for v in after)
+            where = sql.SQL(" WHERE ({}) > ({})").format(keys, values)
+        return sql.SQL("COPY (SELECT {} FROM {}{} ORDER BY {} LIMIT {}) TO STDOUT (FORMAT csv)").format(
+            self._select, self._from, where, self._order, sql.Literal(self.chunk_rows)
+        )
+
+    def chunks(self, after: tuple[str, ...] | None = None) -> Iterator[tuple["pa.Table", tuple[str, ...] | None]]:
+        """Yield ``(rows, last_key)`` per chunk, starting after key ``after`` (None: from the start).
+
+        ``last_key`` is the key of the chunk's last row in Postgres text form.
+        """
+        while True:
+            table = self.read_chunk(after)
+            if table.num_rows == 0:
+                return
+            if not self.key:
+                yield table, None
+                return
+            last = table.slice(table.num_rows - 1, 1).select(list(self.key)).to_pylist()[0]
+            after = tuple(to_pg_text(last[k]) for k in self.key)
+            yield table, after
+            if table.num_rows < self.chunk_rows:
+                return
+
+    def read_chunk(self, after: tuple[str, ...] | None) -> "pa.Table":
+        """One chunk as an Arrow table in the canonical Arrow types."""
+        parts: list[Any] = []
+        with self.conn.cursor() as cur:
+            with cur.copy(self._query(after)) as copy:
+                for data in copy:
+                    parts.append(data)
+        return self.parse(b"".join(parts))
+
+    def parse(self, data: bytes) -> "pa.Table":
+        """Postgres CSV text of this table's select list -> Arrow table of the canonical types."""
+        import pyarrow as pa
+        import pyarrow.csv as csv
+
+        if not data:
+            return self._arrow_schema.empty_table()
+        table = csv.read_csv(
+            io.BytesIO(data),
+            read_options=csv.ReadOptions(column_names=[c.name for c in self.columns], block_size=1 << 24),
+            parse_options=csv.ParseOptions(newlines_in_values=True),
+            convert_options=csv.ConvertOptions(
+                column_types={c.name: c.csv_type for c in self.columns},
+                true_values=["t"],
+                false_values=["f"],
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+        arrays = []
+        for i, col in enumerate(self.columns):
+            arr = table.column(i)
+            if col.convert == "utc":
+                arr = arr.cast(col.arrow)
+            elif col.convert == "json":
+                arr = pa.chunked_array([pa.ExtensionArray.from_storage(col.arrow, c) for c in arr.chunks], type=col.arrow)
+            elif col.convert == "python":
+                decode = self._decoders[col.name]
+                values = [None if v is None else decode(v) for v in arr.to_pylist()]
+                if col.arrow == pa.uuid():
+                    arr = pa.array([None if v is None else v.bytes for v in values], type=col.arrow)
+                else:
+                    arr = pa.array(values, type=col.arrow)
+            arrays.append(arr)
+        return pa.Table.from_arrays(arrays, schema=self._arrow_schema)

@@ -1,0 +1,424 @@
+"""The change stream: a logical replication connection reading pgoutput and answering the server.
+
+psycopg 3 has no replication API, so this module speaks the streaming protocol itself on the
+low-level ``pgconn`` of a ``replication=database`` connection: ``START_REPLICATION`` switches it to
+COPY_BOTH; the server sends XLogData ('w') carrying pgoutput messages and keepalives ('k'); we send
+standby status updates ('r') whose flush LSN is what the sink made durable.
+
+Guarantees:
+    * Batches end only at transaction commits; ``end_position`` is the commit LSN of the last
+      transaction of the batch (or, when idle, a WAL position with no pending change before it).
+    * Transactions whose commit LSN is <= the resume position are skipped (the server may resend
+      the last confirmed transaction).
+    * The flush LSN sent to the server never exceeds the last position passed to ``ack``, except
+      when every delivered change is acknowledged: then it follows the server's WAL end, so that an
+      idle slot does not retain WAL.
+    * A schema change (a Relation message with a new shape) leads the batch holding the first rows
+      of the new shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import struct
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from zetl.errors import SourceConnectionError, SourceError
+from zetl.events import Batch, ChangeEvent, Op, TableId
+from zetl.plugin import TableSelector
+from zetl.schema.changes import AddColumn, CreateTable, DropColumn, SchemaChange
+from zetl.schema.types import DataType, Schema
+
+from .catalog import driver_error, quote_ident
+from .config import PostgresConfig
+from .pgoutput import _PG_EPOCH_US, RelationDecoder, decode_relation, diff_schema, pg_time, relation_schema
+from .position import PostgresPosition, format_lsn, parse_lsn
+
+if TYPE_CHECKING:
+    import psycopg
+
+__all__ = ["ReplicationStream"]
+
+_XLOG_HEADER = struct.Struct(">QQq")
+_KEEPALIVE = struct.Struct(">Qqb")
+_STATUS = struct.Struct(">cQQQqb")
+_BEGIN = struct.Struct(">Qqi")
+_COMMIT = struct.Struct(">bQQq")
+_U32 = struct.Struct(">I").unpack_from
+_I32 = struct.Struct(">i").unpack_from
+_MESSAGE = struct.Struct(">bQ")
+
+MAX_BATCH_EVENTS = 20_000
+"""A batch is closed at the first commit after this many events (big transactions stay whole)."""
+
+IDLE_BATCH_INTERVAL = 0.5
+"""Seconds between empty batches while nothing happens (the contract asks for at least 1/s)."""
+
+FEEDBACK_INTERVAL = 1.0
+"""Seconds between unsolicited standby status updates."""
+
+
+def _now_pg() -> int:
+    return int(time.time() * 1_000_000) - _PG_EPOCH_US
+
+
+class ReplicationStream:
+    """One replication connection: slot creation, snapshot export and the pgoutput stream."""
+
+    def __init__(
+        self,
+        conn: "psycopg.Connection[Any]",
+        config: PostgresConfig,
+        slot: str,
+        publication: str,
+        selector: TableSelector,
+        schemas: dict[TableId, Schema],
+        data_type: Callable[[int, int], DataType],
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.conn = conn
+        self.pgconn = conn.pgconn
+        self.config = config
+        self.slot = slot
+        self.publication = publication
+        self.selector = selector
+        self.schemas = schemas
+        self.data_type = data_type
+        self.log = logger or logging.getLogger("zetl.postgres")
+        self.io_lock = threading.Lock()
+        self.closed = False
+        self.received_lsn = 0  # WAL end the server reported; everything before it was sent
+        self.acked_lsn = 0  # durable in the sink (from ack)
+        self.delivered_lsn = 0  # end position of the last batch handed out
+        self.seen_lsn = 0  # commit LSN of the last transaction decoded
+        self._idle = True  # no transaction open in the stream
+        self.flushed_sent = -1
+        self.last_feedback = 0.0
+        self.relations: dict[int, RelationDecoder] = {}
+
+    # -- replication commands --------------------------------------------------------------
+    def _command(self, command: str, doing: str) -> list[tuple[Any, ...]]:
+        from psycopg import pq
+
+        with self.io_lock:
+            result = self.pgconn.exec_(command.encode())
+        if result.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+            message = (result.error_message or self.pgconn.error_message).decode(errors="replace").strip()
+            if self.pgconn.status != pq.ConnStatus.OK:
+                raise SourceConnectionError(f"Postgres replication connection lost while {doing}: {message}")
+            if "already exists" in message or "is active" in message:
+                raise SourceConnectionError(f"{doing}: {message}")
+            raise SourceError(f"Postgres refused {doing}: {message}", retryable=False)
+        rows = []
+        for r in range(result.ntuples):
+            rows.append(tuple((result.get_value(r, c) or b"").decode() for c in range(result.nfields)))
+        return rows
+
+    def create_slot(self, *, export_snapshot: bool) -> tuple[int, str | None]:
+        """Create the logical slot; returns (consistent point LSN, exported snapshot name or None).
+
+        The exported snapshot stays valid until the next command on this connection.
+        """
+        mode = "export" if export_snapshot else "nothing"
+        rows = self._command(f"CREATE_REPLICATION_SLOT {quote_ident(self.slot)} LOGICAL pgoutput (SNAPSHOT '{mode}')", f"creating replication slot {self.slot!r}")
+        _name, consistent, snapshot, _plugin = rows[0]
+        self.log.info("created replication slot %s at %s", self.slot, consistent)
+        return parse_lsn(consistent), (snapshot or None)
+
+    def start(self, lsn: int) -> None:
+        """``START_REPLICATION`` from ``lsn`` (the server starts at its confirmed LSN if later)."""
+        from psycopg import pq
+
+        pubs = quote_ident(self.publication).replace("'", "''")
+        command = (
+            f"START_REPLICATION SLOT {quote_ident(self.slot)} LOGICAL {format_lsn(lsn)} "
+            f"(proto_version '1', publication_names '{pubs}', messages 'true')"
+        )
+        with self.io_lock:
+            self.pgconn.send_query(command.encode())
+            result = self.pgconn.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_BOTH:
+            message = (result.error_message if result is not None else self.pgconn.error_message).decode(errors="replace").strip()
+            retryable = "is active" in message or self.pgconn.status != pq.ConnStatus.OK
+            raise (SourceConnectionError if retryable else SourceError)(f"cannot start replication from slot {self.slot!r}: {message}")
+        self.received_lsn = max(self.received_lsn, lsn)
+        self.delivered_lsn = max(self.delivered_lsn, lsn)
+        self.acked_lsn = max(self.acked_lsn, lsn)  # the resume position is durable by definition
+        self.seen_lsn = max(self.seen_lsn, lsn)
+        self.log.info("streaming from slot %s at %s", self.slot, format_lsn(lsn))
+
+    # -- feedback --------------------------------------------------------------------------
+    def ack(self, lsn: int) -> None:
+        """Everything up to ``lsn`` is durable; any thread. Sends the update at once if the connection is free."""
+        if lsn > self.acked_lsn:
+            self.acked_lsn = lsn
+        if self.io_lock.acquire(blocking=False):
+            try:
+                if not self.closed:
+                    self._feedback(False)
+            except Exception as exc:  # the reader will notice a broken connection itself
+                self.log.debug("could not send feedback: %s", exc)
+            finally:
+                self.io_lock.release()
+
+    def flush_lsn(self) -> int:
+        """What the server may forget: the acknowledged position, or its WAL end when every
+        transaction decoded so far is acknowledged and none is open."""
+        acked = self.acked_lsn
+        if self._idle and acked >= self.seen_lsn and self.received_lsn > acked:
+            return self.received_lsn
+        return acked
+
+    def _feedback(self, reply_requested: bool) -> None:
+        """Send a standby status update (caller holds ``io_lock``)."""
+        flush = self.flush_lsn()
+        if not reply_requested and flush == self.flushed_sent and time.monotonic() - self.last_feedback < FEEDBACK_INTERVAL:
+            return
+        written = max(self.received_lsn, flush)
+        self.pgconn.put_copy_data(_STATUS.pack(b"r", written, flush, flush, _now_pg(), 0))
+        self.pgconn.flush()
+        self.flushed_sent = flush
+        self.last_feedback = time.monotonic()
+
+    # -- relations -------------------------------------------------------------------------
+    def _relation(self, buf: bytes) -> tuple[RelationDecoder, list[SchemaChange]]:
+        oid, table, _identity, columns = decode_relation(buf)
+        selected = self.selector.matches(table)
+        known = self.schemas.get(table)
+        schema = relation_schema(table, columns, self.data_type, known)
+        changes = diff_schema(known, schema) if selected else []
+        if selected:
+            self.schemas[table] = schema
+        decoder = RelationDecoder(table, schema, selected)
+        self.relations[oid] = decoder
+        return decoder, changes
+
+    # -- the stream ------------------------------------------------------------------------
+    def batches(self, skip_upto: int, announced: set[TableId], stop: Callable[[], bool] | None = None) -> Iterator[Batch]:
+        """Yield batches of committed transactions, and an empty batch at least every ``IDLE_BATCH_INTERVAL`` when idle.
+
+        ``announced``: tables whose CreateTable this read already sent; a table's first batch
+        starts with its CreateTable otherwise.
+        """
+        pgconn = self.pgconn
+        lock = self.io_lock
+        sock = pgconn.socket
+        relations = self.relations
+        events: list[ChangeEvent] = []  # complete transactions not yet handed out
+        changes: list[SchemaChange] = []  # schema changes leading ``events``
+        txn: list[ChangeEvent] | None = None
+        txn_changes: list[SchemaChange] = []
+        txn_skip = False
+        txn_ts = None
+        txn_xid = 0
+        txn_position: PostgresPosition | None = None
+        batch_end: PostgresPosition | None = None
+        held: tuple[list[SchemaChange], list[ChangeEvent], PostgresPosition | None] | None = None
+        last_yield = time.monotonic()
+        insert, update, delete = Op.INSERT, Op.UPDATE, Op.DELETE
+        new_event = ChangeEvent
+
+        def fail(exc: BaseException, doing: str) -> SourceError:
+            if self.closed:
+                return SourceConnectionError("the source was closed")
+            from psycopg import Error
+
+            if isinstance(exc, Error):
+                return driver_error(exc, doing, self.config)
+            return SourceConnectionError(f"Postgres replication stream of slot {self.slot!r}: {exc}")
+
+        while True:
+            if self.closed or (stop is not None and stop()):
+                return
+            lock.acquire()
+            try:
+                while True:
+                    try:
+                        nbytes, data = pgconn.get_copy_data(1)
+                    except Exception as exc:
+                        raise fail(exc, "reading the replication stream") from None
+                    if nbytes <= 0:
+                        break
+                    tag = data[0]
+                    if tag == 119:  # 'w' XLogData
+                        buf = bytes(data[25:])
+                        kind = buf[0]
+                        if kind == 73 or kind == 85 or kind == 68:  # I U D
+                            if txn_skip:
+                                continue
+                            (oid,) = _U32(buf, 1)
+                            rel = relations[oid]
+                            if not rel.selected:
+                                continue
+                            if kind == 73:
+                                row, _ = rel.decode(buf, 6)
+                                txn.append(new_event(rel.table, insert, None, row, txn_position, txn_ts, txn_xid))  # type: ignore[union-attr]
+                            elif kind == 85:
+                                marker = buf[5]
+                                before = None
+                                pos = 6
+                                if marker == 75 or marker == 79:  # 'K' key / 'O' old row
+                                    old, pos = rel.decode(buf, 6)
+                                    before = rel.key_of(old) if marker == 75 else old
+                                    pos += 1  # the 'N'
+                                after, _ = rel.decode(buf, pos)
+                                if before is None:
+                                    before = rel.key_of(after)
+                                txn.append(new_event(rel.table, update, before, after, txn_position, txn_ts, txn_xid))  # type: ignore[union-attr]
+                            else:
+                                marker = buf[5]
+                                old, _ = rel.decode(buf, 6)
+                                before = rel.key_of(old) if marker == 75 else old
+                                txn.append(new_event(rel.table, delete, before, None, txn_position, txn_ts, txn_xid))  # type: ignore[union-attr]
+                        elif kind == 66:  # 'B' Begin
+                            final_lsn, ts, txn_xid = _BEGIN.unpack_from(buf, 1)
+                            txn = []
+                            txn_changes = []
+                            txn_skip = final_lsn <= skip_upto
+                            txn_ts = pg_time(ts)
+                            txn_position = PostgresPosition.stream(final_lsn)
+                            self._idle = False
+                        elif kind == 67:  # 'C' Commit
+                            _flags, commit_lsn, end_lsn, _ts = _COMMIT.unpack_from(buf, 1)
+                            if commit_lsn > self.seen_lsn:
+                                self.seen_lsn = commit_lsn
+                            if not txn_skip and (txn or txn_changes):
+                                assert txn is not None
+                                if txn_changes:
+                                    txn = _reshape_before_changes(txn, txn_changes, self.schemas)
+                                lead: list[SchemaChange] = []
+                                for table in sorted({e.table for e in txn} - announced):
+                                    lead.append(CreateTable(table, self.schemas[table]))
+                                    announced.add(table)
+                                if txn_changes and (events or changes):
+                                    # schema changes must lead a batch: hand out what is pending first
+                                    held = (lead + txn_changes, txn, txn_position)
+                                    txn = None
+                                    txn_changes = []
+                                    self._idle = True
+                                    break
+                                changes.extend(lead + txn_changes)
+                                events.extend(txn)
+                                batch_end = txn_position
+                            elif not txn_skip:
+                                batch_end = txn_position
+                            txn = None
+                            txn_changes = []
+                            self._idle = True
+                            if commit_lsn > self.received_lsn:
+                                self.received_lsn = commit_lsn
+                            if len(events) >= MAX_BATCH_EVENTS:
+                                break
+                        elif kind == 82:  # 'R' Relation
+                            rel, rel_changes = self._relation(buf)
+                            if rel_changes:
+                                txn_changes.extend(rel_changes)
+                        elif kind == 84:  # 'T' Truncate
+                            if txn_skip:
+                                continue
+                            (nrels,) = _I32(buf, 1)
+                            pos = 6
+                            for _ in range(nrels):
+                                (oid,) = _U32(buf, pos)
+                                pos += 4
+                                rel = relations.get(oid)
+                                if rel is not None and rel.selected:
+                                    txn.append(ChangeEvent.truncate(rel.table, txn_position, commit_ts=txn_ts, txid=txn_xid))  # type: ignore[union-attr]
+                        elif kind == 77:  # 'M' logical message (our heartbeats; transactional ones are ignored)
+                            flags, msg_lsn = _MESSAGE.unpack_from(buf, 1)
+                            if not (flags & 1) and txn is None and msg_lsn > skip_upto:
+                                batch_end = PostgresPosition.stream(msg_lsn)
+                                if msg_lsn > self.received_lsn:
+                                    self.received_lsn = msg_lsn
+                        # 'Y' Type and 'O' Origin need nothing: types are resolved from pg_type
+                    elif tag == 107:  # 'k' keepalive
+                        wal_end, _ts, reply = _KEEPALIVE.unpack_from(data, 1)
+                        if txn is None and wal_end > self.received_lsn:
+                            self.received_lsn = wal_end
+                        if reply:
+                            self._feedback(True)
+                if nbytes == -1:
+                    result = pgconn.get_result()
+                    message = (result.error_message if result is not None else pgconn.error_message).decode(errors="replace").strip()
+                    raise SourceConnectionError(f"the server ended the replication stream of slot {self.slot!r}: {message or 'connection closed'}")
+                if nbytes == -2:
+                    raise SourceConnectionError(f"replication stream of slot {self.slot!r} failed: {pgconn.error_message.decode(errors='replace').strip()}")
+                try:
+                    self._feedback(False)
+                except Exception as exc:
+                    raise fail(exc, "sending a status update") from None
+            finally:
+                lock.release()
+            now = time.monotonic()
+            if held is not None:
+                if events or changes:
+                    pending = Batch(events=tuple(events), schema_changes=tuple(changes), end_position=batch_end)
+                    if batch_end is not None:
+                        self.delivered_lsn = batch_end.lsn
+                    yield pending
+                changes, events, batch_end = list(held[0]), list(held[1]), held[2]
+                held = None
+                nbytes = 1  # more may be buffered: drain again before waiting
+            if events or changes:
+                batch = Batch(events=tuple(events), schema_changes=tuple(changes), end_position=batch_end)
+                events, changes = [], []
+                if batch_end is not None:
+                    self.delivered_lsn = batch_end.lsn
+                batch_end = None
+                last_yield = now
+                yield batch
+                continue
+            if nbytes > 0:
+                continue  # stopped draining at a batch boundary with more data waiting
+            if now - last_yield >= IDLE_BATCH_INTERVAL:
+                end = batch_end
+                if end is None and txn is None and self.received_lsn > self.delivered_lsn and self.acked_lsn >= self.seen_lsn:
+                    # nothing for us up to the server's WAL end: let the checkpoint follow it
+                    end = PostgresPosition.stream(self.received_lsn)
+                if end is not None:
+                    self.delivered_lsn = max(self.delivered_lsn, end.lsn)
+                batch_end = None
+                last_yield = now
+                yield Batch(end_position=end)
+                continue
+            try:
+                select.select([sock], [], [], 0.1)
+                with lock:
+                    pgconn.consume_input()
+            except (OSError, ValueError) as exc:
+                raise fail(exc, "waiting for the replication stream") from None
+            except SourceError:
+                raise
+            except Exception as exc:
+                raise fail(exc, "reading the replication stream") from None
+
+    def close(self) -> None:
+        self.closed = True
+        acquired = self.io_lock.acquire(timeout=2)
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+        finally:
+            if acquired:
+                self.io_lock.release()
+
+
+def _reshape_before_changes(txn: list[ChangeEvent], changes: list[SchemaChange], schemas: dict[TableId, Schema]) -> list[ChangeEvent]:
+    """Rows of a transaction written before an ALTER TABLE in the same transaction get the new shape:
+    added columns are None (what the server stores for them), dropped columns are removed."""
+    touched = {c.table for c in changes if isinstance(c, (AddColumn, DropColumn))}
+    if not touched:
+        return txn
+    out = []
+    for e in txn:
+        if e.table in touched and e.after is not None:
+            names = schemas[e.table].names
+            if set(e.after) != set(names):
+                after = {n: e.after.get(n) for n in names}
+                e = ChangeEvent(e.table, e.op, e.before, after, e.position, e.commit_ts, e.txid)
+        out.append(e)
+    return out
