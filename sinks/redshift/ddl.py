@@ -228,7 +228,7 @@ class SchemaChangeMixin:
         temp = self.rules.name(f"zetl_swap_{updated.target}")
         staged = ColumnLayout(updated.source, temp, updated.type, updated.nullable, updated.primary_key)
         self._execute(sql.add_column(layout, staged))
-        self._execute(sql.copy_column(layout, updated.target, temp))
+        self._execute(sql.copy_column(layout, updated.target, staged))
         self._execute(sql.drop_column(layout, updated.target))
         self._execute(sql.rename_column(layout, temp, updated.target))
         if primary_key is not None:

@@ -84,8 +84,9 @@ def alter_varchar(layout: TableLayout, c: ColumnLayout) -> str:
     return f"ALTER TABLE {layout.qualified} ALTER COLUMN {c.quoted} TYPE {c.redshift_type}"
 
 
-def copy_column(layout: TableLayout, source: str, target: str) -> str:
-    return f"UPDATE {layout.qualified} SET {quote(target)} = {quote(source)}"
+def copy_column(layout: TableLayout, source: str, target: ColumnLayout) -> str:
+    """Fill ``target`` from column ``source`` (add-copy-swap widening), converting explicitly."""
+    return f"UPDATE {layout.qualified} SET {target.quoted} = CAST({quote(source)} AS {target.redshift_type})"
 
 
 def drop_table(layout: TableLayout) -> str:

@@ -473,3 +473,20 @@ def test_two_source_tables_mapping_to_one_target_table_is_an_error(redshift_targ
     with make_factory(redshift_target)() as sink:
         with pytest.raises(SchemaError, match=r"public\.orders and archive\.orders both map to Redshift table public\.orders.*\{namespace\}_\{name\}"):
             sink.current_schema(second)
+
+
+def test_widenings_across_redshift_types_keep_values(redshift_target: RedshiftTarget) -> None:
+    t = TableId("shop", "wide")
+    schema = Schema.of(t, [Field("id", T.int64), Field("amount", T.decimal(38, 2)), Field("day", T.date), Field("ratio", T.float32)], ["id"])
+    with make_factory(redshift_target)() as sink:
+        sink.apply(CreateTable(t, schema))
+        sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 1, "amount": Decimal("12.50"), "day": dt.date(2026, 2, 3), "ratio": 0.5}, _pos(1)),), end_position=_pos(1)))
+        for change in (AlterColumnType(t, "amount", T.decimal(45, 2), T.decimal(38, 2)), AlterColumnType(t, "day", T.timestamp, T.date), AlterColumnType(t, "ratio", T.float64, T.float32)):
+            assert sink.can_apply(change)
+            sink.apply(change)
+        sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 2, "amount": Decimal("1234567890123456789012345678901234567890123.45"), "day": dt.datetime(2026, 2, 3, 4, 5), "ratio": 0.1}, _pos(2)),), end_position=_pos(2)))
+        got = sink.current_schema(t)
+    assert got is not None and [f.type for f in got.fields] == [T.int64, T.decimal(45, 2), T.timestamp, T.float64]
+    rows = {r["id"]: r for r in make_reader(redshift_target)(t)}
+    assert rows[1] == {"id": 1, "amount": "12.50", "day": dt.datetime(2026, 2, 3), "ratio": 0.5}
+    assert rows[2]["amount"] == "1234567890123456789012345678901234567890123.45" and rows[2]["ratio"] == 0.1

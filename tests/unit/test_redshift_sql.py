@@ -18,7 +18,7 @@ from zetl_sinks.redshift import RedshiftConfig, TableOptions
 from zetl_sinks.redshift import sql
 from zetl_sinks.redshift.errors import map_driver_error, map_s3_error
 from zetl_sinks.redshift.identifiers import IdentifierRules, quote, quote_literal
-from zetl_sinks.redshift.layout import TableLayout
+from zetl_sinks.redshift.layout import ColumnLayout, TableLayout
 from zetl_sinks.redshift.plan import plan_table
 from zetl_sinks.redshift.typemap import TYPE_MAP, canonical_type, redshift_type
 
@@ -101,6 +101,7 @@ def _statements() -> dict[str, str]:
         "create_metadata": sql.create_metadata_table("analytics"),
         "add_column": sql.add_column(layout, layout.columns[3]),
         "alter_varchar": sql.alter_varchar(layout, layout.columns[2]),
+        "swap_copy_column": sql.copy_column(layout, "line", ColumnLayout("Line", "zetl_swap_line", T.int64, True, True)),
         "create_stage": sql.create_stage(stage),
         "insert_into_stage": sql.insert_into_stage(stage, 2),
         "copy_into_stage": sql.copy_into_stage(stage, "s3://bucket/zetl/it/b1/manifest.json", "s3://bucket/zetl/it/b1/jsonpaths.json", "arn:aws:iam::123456789012:role/copy", "eu-west-1"),

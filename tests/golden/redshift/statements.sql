@@ -22,6 +22,9 @@ ALTER TABLE "analytics"."orders" ADD COLUMN "doc" SUPER;
 -- alter_varchar
 ALTER TABLE "analytics"."orders" ALTER COLUMN "note" TYPE VARCHAR(160);
 
+-- swap_copy_column
+UPDATE "analytics"."orders" SET "zetl_swap_line" = CAST("line" AS BIGINT);
+
 -- create_stage
 CREATE TEMP TABLE "zetl_stage_1" ("c0" BIGINT, "c1" INTEGER, "c2" VARCHAR(160), "c3" SUPER, "c4" VARCHAR(65535), "c5" DECIMAL(12,2), "_zetl_op" CHAR(1) NOT NULL, "_zetl_keep_2" BOOLEAN);
 
