@@ -34,6 +34,8 @@ the paths hold several integrations)::
         "only_in_source": ["coupon"],
         "only_in_target": ["legacy_flag"],
         "type_differences": [{"column": "amount", "source": "decimal(14,2)", "target": "decimal(12,2)"}],
+        "routed": {"price": "price__string", "legacy": null},   (source column -> target column;
+                                                                 null: its values are not written)
         "steps": [{"kind": "add.column", "column": "coupon", "detected": "add column ...",
                    "decision": "apply" | "skip" | "fail", "classification": "safe" | "lossy" | "breaking",
                    "reason": "...", "changes": ["add column ..."], "kept_by_policy": false, "kept": false}]
@@ -118,6 +120,7 @@ class TableDrift:
             "only_in_source": self.only_in_source,
             "only_in_target": self.only_in_target,
             "type_differences": self.type_differences,
+            "routed": {k: v for k, v in sorted(self.plan.column_map.items())},
             "steps": [{**s.to_json(), "kept": i in self.kept} for i, s in enumerate(self.plan.steps)],
         }
 

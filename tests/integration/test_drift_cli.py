@@ -64,7 +64,7 @@ def test_drift_exit_codes_and_json(tmp_path: Path) -> None:
     assert set(report) == {"integration", "status", "exit_code", "fail_on", "error", "summary", "tables"}
     assert report["status"] == "in_sync" and report["summary"] == {"tables": 1, "in_sync": 1, "drift": 0, "rejected": 0}
     table = report["tables"][0]
-    assert set(table) == {"table", "status", "target_exists", "only_in_source", "only_in_target", "type_differences", "steps"}
+    assert set(table) == {"table", "status", "target_exists", "only_in_source", "only_in_target", "type_differences", "routed", "steps"}
 
     # A column added by hand in the target: lenient keeps it, but the daemon has not decided it yet.
     edit_target(tmp_path, lambda s: s.replace_fields([*s.fields, Field("by_hand", T.string())]))

@@ -193,6 +193,8 @@ def test_every_policy_mode(tmp_path: Path, behavior: str) -> None:
     if behavior in ("lenient", "evolve", "try_evolve"):
         # After the daemon dealt with the changes, the drift report agrees: nothing left to do.
         assert report.exit_code == 0, report.to_json()
+        if behavior == "lenient":
+            assert report.to_json()["tables"][0]["routed"] == {"price": "price__string"}
     elif behavior == "ignore":
         assert report.exit_code == 2 and report.tables[0].status() == "rejected"
     else:
