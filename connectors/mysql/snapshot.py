@@ -6,12 +6,13 @@ it continues exactly where the copy's view of the data ends: no gap, no overlap.
 
 from __future__ import annotations
 
+import decimal
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from zetl.events import TableId
-from zetl.schema.types import Schema, TypeKind
+from zetl.schema.types import Field, Schema, TypeKind
 
 from zetl_connectors.mysql.catalog import quote_ident, quote_table
 from zetl_connectors.mysql.convert import snapshot_converter
@@ -81,27 +82,138 @@ class SnapshotChunk:
     count: int
 
 
-def _column_builder(schema: Schema) -> Callable[[list[tuple[Any, ...]]], Any]:
+_CAST_KINDS = {
+    TypeKind.INT16, TypeKind.INT32, TypeKind.INT64, TypeKind.FLOAT32, TypeKind.FLOAT64, TypeKind.DECIMAL,
+    TypeKind.DATE, TypeKind.TIMESTAMP, TypeKind.TIMESTAMPTZ,
+}
+_TEXT_KINDS = {TypeKind.STRING, TypeKind.JSON, TypeKind.UUID}
+
+
+def _text_to_python(field: Field) -> Callable[[bytes], Any]:
+    """How PyMySQL would turn the text of one value into a Python value (the exact, slow path)."""
+    from pymysql.converters import convert_date, convert_datetime, convert_timedelta
+
+    kind = field.type.kind
+    if field.source_type and field.source_type.lower().startswith("bit"):
+        return lambda raw: raw
+    if kind in (TypeKind.INT16, TypeKind.INT32, TypeKind.INT64):
+        return lambda raw: int(raw)
+    if kind is TypeKind.DECIMAL:
+        return lambda raw: decimal.Decimal(raw.decode())
+    if kind in (TypeKind.FLOAT32, TypeKind.FLOAT64):
+        return lambda raw: float(raw)
+    if kind is TypeKind.DATE:
+        return lambda raw: convert_date(raw.decode())
+    if kind in (TypeKind.TIMESTAMP, TypeKind.TIMESTAMPTZ):
+        return lambda raw: convert_datetime(raw.decode())
+    if kind is TypeKind.TIME:
+        return lambda raw: convert_timedelta(raw.decode())
+    if kind is TypeKind.BINARY:
+        return lambda raw: bytes(raw)
+    return lambda raw: raw.decode("utf-8")
+
+
+def _column_builder(schema: Schema) -> Callable[[list[list[Any]]], Any]:
+    """Builds the Arrow table of a chunk from the raw text values of its rows (column by column:
+    Arrow's casts parse numbers, decimals, dates and timestamps in C; values they refuse, such as
+    zero dates, take the exact per-value path)."""
     import pyarrow as pa
 
     from zetl.arrow import arrow_schema
 
     arrow = arrow_schema(schema)
-    plan: list[tuple[Any, Any]] = []
+    plan: list[tuple[Field, Any, str, Any, Any]] = []
     for f, af in zip(schema.fields, arrow):
-        conv = None if f.type.kind is TypeKind.JSON else snapshot_converter(f, f"table {schema.table}, column {f.name}")
-        plan.append((conv, af.type))
+        is_bit = bool(f.source_type and f.source_type.lower().startswith("bit"))
+        kind = f.type.kind
+        if kind in _CAST_KINDS and not is_bit:
+            how = "cast"
+        elif kind in _TEXT_KINDS:
+            how = "text"
+        elif kind is TypeKind.BINARY:
+            how = "binary"
+        else:
+            how = "python"
+        conv = snapshot_converter(f, f"table {schema.table}, column {f.name}")
+        plan.append((f, af.type, how, _text_to_python(f), conv))
 
-    def build(rows: list[tuple[Any, ...]]) -> Any:
+    def exact(values: Any, parse: Callable[[bytes], Any], conv: Any, atype: Any) -> Any:
+        out = [None if v is None else parse(v) for v in values]
+        if conv is not None:
+            out = [None if v is None else conv(v) for v in out]
+        return pa.array(out, type=atype)
+
+    def build(rows: list[list[Any]]) -> Any:
         columns = list(zip(*rows)) if rows else [() for _ in plan]
         arrays = []
-        for (conv, atype), values in zip(plan, columns):
-            if conv is not None:
-                values = [None if v is None else conv(v) for v in values]
-            arrays.append(pa.array(values, type=atype))
+        for (f, atype, how, parse, conv), values in zip(plan, columns):
+            if how == "binary":
+                arrays.append(pa.array(values, type=pa.binary()))
+            elif how == "text":
+                arrays.append(pa.array(values, type=pa.binary()).cast(pa.string()))
+            elif how == "cast":
+                try:
+                    text = pa.array(values, type=pa.binary()).cast(pa.string())
+                    if f.type.kind is TypeKind.TIMESTAMPTZ:
+                        arrays.append(text.cast(pa.timestamp("us")).cast(atype))
+                    else:
+                        arrays.append(text.cast(atype))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    arrays.append(exact(values, parse, conv, atype))
+            else:
+                arrays.append(exact(values, parse, conv, atype))
         return pa.Table.from_arrays(arrays, schema=arrow)
 
     return build
+
+
+def _split_row(data: bytes, ncols: int) -> list[Any]:
+    """The values of one text-protocol row packet as raw bytes (None for NULL)."""
+    out: list[Any] = []
+    append = out.append
+    pos = 0
+    for _ in range(ncols):
+        n = data[pos]
+        if n < 251:
+            pos += 1
+        elif n == 251:
+            append(None)
+            pos += 1
+            continue
+        elif n == 252:
+            n = data[pos + 1] | (data[pos + 2] << 8)
+            pos += 3
+        elif n == 253:
+            n = data[pos + 1] | (data[pos + 2] << 8) | (data[pos + 3] << 16)
+            pos += 4
+        else:
+            n = int.from_bytes(data[pos + 1 : pos + 9], "little")
+            pos += 9
+        append(data[pos : pos + n])
+        pos += n
+    return out
+
+
+def _raw_rows(conn: Any, cur: Any, ncols: int, count: int) -> list[list[Any]]:
+    """Up to ``count`` rows of the unbuffered result as raw values, read straight from the
+    connection's packets (PyMySQL's per-value decoding and conversion is most of the snapshot's
+    cost otherwise)."""
+    result = cur._result
+    if result is None or not result.unbuffered_active:
+        return []
+    read_packet = conn._read_packet
+    is_eof = result._check_packet_is_eof
+    rows: list[list[Any]] = []
+    append = rows.append
+    for _ in range(count):
+        packet = read_packet()
+        if is_eof(packet):
+            result.unbuffered_active = False
+            result.connection = None
+            result.rows = None
+            break
+        append(_split_row(packet._data, ncols))
+    return rows
 
 
 def read_table(conn: Any, schema: Schema, after: tuple[Any, ...] | None, chunk_rows: int, stop: Callable[[], bool]) -> Iterator[SnapshotChunk]:
@@ -123,16 +235,19 @@ def read_table(conn: Any, schema: Schema, after: tuple[Any, ...] | None, chunk_r
             params = tuple(after)
         sql += " ORDER BY " + ", ".join(quote_ident(c) for c in pk)
     key_index = [schema.names.index(c) for c in pk]
+    key_binary = [schema.fields[i].type.kind is TypeKind.BINARY for i in key_index]
     build = _column_builder(schema)
+    ncols = len(schema.fields)
     cur = conn.cursor(pymysql.cursors.SSCursor)
     try:
         cur.execute(sql, params or None)
         while not stop():
-            rows = cur.fetchmany(chunk_rows)
+            rows = _raw_rows(conn, cur, ncols, chunk_rows)
             if not rows:
                 break
             last = rows[-1]
-            yield SnapshotChunk(build(rows), tuple(last[i] for i in key_index) if key_index else None, len(rows))
+            key = tuple(bytes(last[i]) if binary else bytes(last[i]).decode("utf-8") for i, binary in zip(key_index, key_binary)) if key_index else None
+            yield SnapshotChunk(build(rows), key, len(rows))
     finally:
         if not stop():
             cur.close()  # an unbuffered cursor drains the rest on close: skip that when stopping
