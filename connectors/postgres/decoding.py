@@ -1,4 +1,4 @@
-"""Postgres text-format values -> canonical Python values, and canonical types -> Arrow types.
+"""Postgres text-format values -> canonical Python values.
 
 The same text form reaches zetl from both paths: pgoutput sends column values in the type's text
 output format, and the snapshot reads ``COPY ... (FORMAT csv)`` whose fields are that same text.
@@ -19,7 +19,7 @@ import orjson
 
 from zetl.schema.types import DataType, TypeKind
 
-__all__ = ["SESSION_SETTINGS", "Decoder", "arrow_type", "decoder_for", "parse_array", "to_pg_text"]
+__all__ = ["SESSION_SETTINGS", "Decoder", "decoder_for", "parse_array", "to_pg_text"]
 
 Decoder = Callable[[str], Any]
 
@@ -169,42 +169,6 @@ def parse_array(text: str, element: Decoder) -> list[Any]:
         raise ValueError(f"malformed array literal {text!r}: missing closing brace")
 
     return parse_level()
-
-
-def arrow_type(data_type: DataType) -> Any:
-    """The Arrow type of a canonical type in snapshot chunks.
-
-    json is carried as its text in an ``arrow.json`` extension column and uuid as ``arrow.uuid``.
-    """
-    import pyarrow as pa
-
-    k = data_type.kind
-    if k is TypeKind.DECIMAL:
-        assert data_type.precision is not None and data_type.scale is not None
-        if data_type.precision <= 38:
-            return pa.decimal128(data_type.precision, data_type.scale)
-        return pa.decimal256(data_type.precision, data_type.scale)
-    if k is TypeKind.LIST:
-        assert data_type.element is not None
-        return pa.list_(arrow_type(data_type.element))
-    if k is TypeKind.STRUCT:
-        return pa.struct([(f.name, arrow_type(f.type)) for f in data_type.fields])
-    return {
-        TypeKind.BOOLEAN: pa.bool_(),
-        TypeKind.INT16: pa.int16(),
-        TypeKind.INT32: pa.int32(),
-        TypeKind.INT64: pa.int64(),
-        TypeKind.FLOAT32: pa.float32(),
-        TypeKind.FLOAT64: pa.float64(),
-        TypeKind.STRING: pa.string(),
-        TypeKind.BINARY: pa.binary(),
-        TypeKind.DATE: pa.date32(),
-        TypeKind.TIME: pa.time64("us"),
-        TypeKind.TIMESTAMP: pa.timestamp("us"),
-        TypeKind.TIMESTAMPTZ: pa.timestamp("us", tz="UTC"),
-        TypeKind.UUID: pa.uuid(),
-        TypeKind.JSON: pa.json_(),
-    }[k]
 
 
 def to_pg_text(value: Any) -> str:

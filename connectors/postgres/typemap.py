@@ -21,7 +21,7 @@ Documented choices (the golden test ``tests/golden/postgres_typemap.txt`` pins e
 * ``timestamptz`` -> ``timestamptz``, values are UTC-aware datetimes.
 * ``date``/``timestamp`` ``infinity`` and ``-infinity`` become the largest/smallest Python value.
 * ``json``/``jsonb`` -> ``json``: change events carry the decoded document; snapshot Arrow chunks
-  carry the JSON text in an ``arrow.json`` extension column.
+  carry the JSON text (the core's Arrow layout, ``zetl.arrow``).
 * ``inet``, ``cidr``, ``macaddr``, ``money``, ``bit``, ``xml``, ranges, geometric types,
   ``tsvector`` and every other type without a canonical peer -> ``string`` (Postgres' text form).
 * ``oid``/``xid`` -> ``int64``; ``"char"`` and ``name`` -> ``string``.
