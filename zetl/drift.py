@@ -14,7 +14,7 @@ Exit codes (``DriftReport.exit_code``):
 * 3: error (configuration, connection, ...).
 
 A difference the policy keeps on purpose (``kept_by_policy``: a column dropped in the source that a
-lenient policy keeps, what try_evolve tolerates) and that the daemon has already recorded in the
+lenient policy keeps, or one try_evolve keeps because the sink cannot drop it) and that the daemon has already recorded in the
 schema history is reported as ``kept`` and does not count as drift. ``--fail-on lossy|breaking`` counts only steps of that classification or worse.
 
 JSON format (``--format json``), stable for CI: one object per integration (a list of them when

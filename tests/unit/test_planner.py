@@ -54,7 +54,7 @@ def parse_hints(text: str) -> list[SchemaChange]:
 def render(result: SchemaPlan) -> str:
     parts: list[str] = []
     for step in result.steps:
-        text = f"{step.decision} {step.detected} [{step.classification}]"
+        text = f"{step.decision}{' (kept)' if step.kept else ''} {step.detected} [{step.classification}]"
         if step.changes and list(step.changes) != [step.detected]:
             text += " => " + ", ".join(str(c) for c in step.changes)
         parts.append(text)

@@ -89,9 +89,9 @@ class PlanStep:
     reason: str
     changes: tuple[SchemaChange, ...] = ()
     kept: bool = False
-    """A skipped difference the policy keeps on purpose (lenient keeps a dropped column,
-    try_evolve tolerates what the sink cannot do), as opposed to one it refuses (ignore,
-    excluded kinds)."""
+    """A skipped difference the target may stay in for good: a column or table dropped in the
+    source that the policy keeps (lenient, or try_evolve when the sink cannot drop). Other skips
+    lose values or are refusals (ignore, excluded kinds)."""
 
     @property
     def change(self) -> SchemaChange | None:
@@ -236,7 +236,9 @@ class _Planner:
             return self.step(detected, "apply", classification, f"policy '{behavior}'", changes)
         if behavior == "evolve":
             return self.step(detected, "fail", classification, f"policy 'evolve' and the sink cannot apply '{refused.kind}'")
-        return self.step(detected, "skip", classification, f"the sink cannot apply '{refused.kind}'; {outcome}", kept=True)
+        # Only a kept column or table is a state the target can stay in; anything else loses values.
+        kept = isinstance(detected, (DropColumn, DropTable))
+        return self.step(detected, "skip", classification, f"the sink cannot apply '{refused.kind}'; {outcome}", kept=kept)
 
     # -- table level ----------------------------------------------------------------------
     def drop_table(self, sink: Schema) -> Schema | None:
@@ -274,7 +276,7 @@ class _Planner:
                 if refused is None:
                     step = self.step(detected, "apply", "safe", "policy 'lenient': added as a nullable column", [change])
                 else:
-                    step = self.step(detected, "skip", "safe", f"the sink cannot apply 'add.column'; {outcome}", kept=True)
+                    step = self.step(detected, "skip", "safe", f"the sink cannot apply 'add.column'; {outcome}")
             else:
                 step = self.exact(detected, "safe", [change], outcome)
         if step.decision != "apply":
@@ -353,7 +355,7 @@ class _Planner:
         step = self.gate(detected, "safe", "NULL values of this column will be refused by the target")
         if step is None:
             if self.policy.behavior == "lenient" and not self.can_apply(detected):
-                self.step(detected, "skip", "safe", "the sink cannot drop NOT NULL; NULL values of this column will be refused", kept=True)
+                self.step(detected, "skip", "safe", "the sink cannot drop NOT NULL; NULL values of this column will be refused")
             else:
                 self.exact(detected, "safe", [detected], "NULL values of this column will be refused by the target")
 
