@@ -245,6 +245,15 @@ _FIXED = {  # type code -> (struct format signed, unsigned); read inline by the 
 }
 
 
+def _string_prefix(c: Any) -> int | None:
+    """Bytes of the length prefix of a string/blob column (read inline), None for other types."""
+    if c.type in (_VARCHAR, _VAR_STRING, _STRING):
+        return 2 if c.max_length > 255 else 1
+    if c.type == _BLOB:
+        return int(c.length_size)
+    return None
+
+
 class _TableRows:
     """One row image decoder, generated for the table's column layout.
 
@@ -258,13 +267,27 @@ class _TableRows:
         self.names = names
         nbytes = (len(names) + 7) // 8
         structs: list[Any] = []
+        encodings: list[str | None] = []
         lines = ["def image(b, o):", f"    nulls = b[o:o + {nbytes}]", f"    o += {nbytes}", "    row = {}"]
         for i, (c, _) in enumerate(zip(columns, readers)):
             lines.append(f"    if nulls[{i >> 3}] & {1 << (i & 7)}:")
             lines.append(f"        row[N[{i}]] = None")
             lines.append("    else:")
             fixed = _FIXED.get(c.type)
-            if fixed is not None:
+            prefix = _string_prefix(c)
+            if prefix is not None:
+                encodings.append(_encoding(c))
+                e = len(encodings) - 1
+                if prefix == 1:
+                    lines.append("        n = b[o] + 1")
+                else:
+                    lines.append(f"        n = int.from_bytes(b[o:o + {prefix}], 'little') + {prefix}")
+                if encodings[e] is None:
+                    lines.append(f"        row[N[{i}]] = b[o + {prefix}:o + n]")
+                else:
+                    lines.append(f"        row[N[{i}]] = b[o + {prefix}:o + n].decode(E[{e}])")
+                lines.append("        o += n")
+            elif fixed is not None:
                 st = struct.Struct(fixed[1] if getattr(c, "unsigned", False) else fixed[0])
                 structs.append(st.unpack_from)
                 lines.append(f"        row[N[{i}]] = S[{len(structs) - 1}](b, o)[0]")
@@ -272,7 +295,7 @@ class _TableRows:
             else:
                 lines.append(f"        row[N[{i}]], o = R[{i}](b, o)")
         lines.append("    return row, o")
-        namespace: dict[str, Any] = {"N": names, "R": tuple(readers), "S": tuple(structs)}
+        namespace: dict[str, Any] = {"N": names, "R": tuple(readers), "S": tuple(structs), "E": tuple(encodings)}
         exec(compile("\n".join(lines), "<zetl row image>", "exec"), namespace)  # noqa: S102 - generated from integers only
         self.image: Callable[[bytes, int], tuple[dict[str, Any], int]] = namespace["image"]
 
