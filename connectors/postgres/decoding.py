@@ -168,7 +168,10 @@ def parse_array(text: str, element: Decoder) -> list[Any]:
                 return items
         raise ValueError(f"malformed array literal {text!r}: missing closing brace")
 
-    return parse_level()
+    try:
+        return parse_level()
+    except IndexError:
+        raise ValueError(f"malformed array literal {text!r}: unexpected end") from None
 
 
 def to_pg_text(value: Any) -> str:
