@@ -91,8 +91,9 @@ def zetl_snapshot(server: MariaDBServer, rows: int) -> dict[str, Any]:
     return {"rows": count, "seconds": dt, "rows_per_s": count / dt, "cpu_us_per_row": dc / count * 1e6}
 
 
-def zetl_stream(server: MariaDBServer, start: Any, n: int) -> dict[str, Any]:
-    src = source(server, "t_stream", snapshot="never")
+def zetl_stream(server: MariaDBServer, start: Any, n: int, *, table: str = "t_stream", cache_table_maps: bool = True) -> dict[str, Any]:
+    src = source(server, table, snapshot="never")
+    src._cache_table_maps = cache_table_maps
     src.open()
     count = 0
     c0, t0 = cpu(), time.perf_counter()
@@ -111,6 +112,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=500_000)
     ap.add_argument("--stream-rows", type=int, default=200_000)
     ap.add_argument("--txn-rows", type=int, default=1000)
+    ap.add_argument("--small-txns", type=int, default=20_000, help="single-row transactions for the table-map workload (0: skip)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -144,6 +146,18 @@ def main() -> None:
         result["stream"] = zetl_stream(server, start, a.stream_rows)
         result["stream_ratio"] = result["stream"]["events_per_s"] / result["stream_ceiling_events_per_s"]
         print(f"stream backlog: zetl {result['stream']['events_per_s']:,.0f} events/s, ceiling {result['stream_ceiling_events_per_s']:,.0f} -> {result['stream_ratio']:.3f}", flush=True)
+        if a.small_txns:
+            # single-row transactions: here the table map before every row event is the cost
+            server.sql("CREATE TABLE bench.t_small " + DDL)
+            conn = pymysql.connect(host="127.0.0.1", port=server.port, user="zetl", password="zetl")
+            start = current_position(conn, True)
+            conn.close()
+            script = "".join(f"INSERT INTO t_small {ROWS.format(a=i, b=i)};\n" for i in range(1, a.small_txns + 1))
+            subprocess.run(client(server, "bench"), input=script.encode(), check=True)
+            for cache in (True, False):
+                r = zetl_stream(server, start, a.small_txns, table="t_small", cache_table_maps=cache)
+                result[f"small_txns_{'cached' if cache else 'uncached'}_table_maps"] = r
+                print(f"single-row transactions, table maps {'cached' if cache else 'parsed every time'}: {r['events_per_s']:,.0f} events/s", flush=True)
     print(json.dumps(result, indent=2))
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -393,3 +393,21 @@ def test_row_decoder_matches_the_library_on_edge_values(mariadb_server: MariaDBS
     assert fast_rows[0][2]["d4"] == Decimal("-12345678901234567890123456789012345.123456789012345678901234567890")  # type: ignore[index]
     assert fast_rows[1][2]["d1"] == Decimal("-999.99") and fast_rows[3][1]["d1"] == Decimal("0.05")  # type: ignore[index]
     assert fast_rows[1][2]["ts1"] == dt.datetime(2038, 1, 19, 3, 14, 7, 900000, tzinfo=UTC)  # type: ignore[index]
+
+
+def test_zero_dates_arrive_as_null_in_snapshot_and_stream(mariadb_server: MariaDBServer, mariadb_database: str, driver: Driver) -> None:
+    driver.run("CREATE TABLE z (id int PRIMARY KEY, d date, t datetime(6), ok date)")
+    driver.run("SET SESSION sql_mode = ''")
+    driver.run("INSERT INTO z VALUES (1, '0000-00-00', '0000-00-00 00:00:00', '2024-05-06')")
+
+    inserted = threading.Event()
+
+    def late_insert(batch: Batch, events: list[ChangeEvent]) -> None:
+        if not inserted.is_set() and batch.end_position is not None and not batch.end_position.in_snapshot:  # type: ignore[attr-defined]
+            inserted.set()
+            driver.run("INSERT INTO z VALUES (2, '0000-00-00', '0000-00-00 00:00:00', '2024-05-06')")
+
+    with make_source(mariadb_server, mariadb_database) as source:
+        events, _ = collect_events(source, None, until=lambda ev: any(e.op is Op.INSERT for e in ev), on_batch=late_insert)
+    rows = {e.after["id"]: dict(e.after) for e in events if e.after is not None}  # type: ignore[index]
+    assert rows[1] == rows[2] | {"id": 1} == {"id": 1, "d": None, "t": None, "ok": dt.date(2024, 5, 6)}
