@@ -82,19 +82,16 @@ class FlattenConfig(FlattenTableConfig):
         return FlattenTableConfig(unnest=self.unnest, columns=self.columns)
 
 
+_STRING = T.string()
+_INFERRED: dict[type, DataType] = {bool: T.boolean, int: T.int64, float: T.float64, str: _STRING}
+
+
 def infer_type(value: Any) -> DataType | None:
-    """The type of one JSON value (None for null: it says nothing)."""
+    """The type of one JSON value (None for null: it says nothing): boolean, int64, float64,
+    string, or json for objects and lists."""
     if value is None:
         return None
-    if isinstance(value, bool):
-        return T.boolean
-    if isinstance(value, int):
-        return T.int64
-    if isinstance(value, float):
-        return T.float64
-    if isinstance(value, str):
-        return T.string()
-    return T.json
+    return _INFERRED.get(type(value), T.json)
 
 
 def convert(value: Any, dtype: DataType) -> Any:
@@ -237,10 +234,13 @@ class TableFlattener:
                         known[name] = infer_type(value)  # type: ignore[assignment]
                         changed = True
                     else:
-                        widened = unify(known[name], infer_type(value))
-                        if widened != known[name]:
-                            known[name] = widened  # type: ignore[assignment]
-                            changed = True
+                        current = known[name]
+                        inferred = infer_type(value)
+                        if inferred is not None and inferred is not current and inferred != current:
+                            widened = unify(current, inferred)
+                            if widened != current:
+                                known[name] = widened  # type: ignore[assignment]
+                                changed = True
                     flat[name] = value
                 if leftover:
                     flat[column] = leftover
