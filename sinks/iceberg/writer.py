@@ -184,8 +184,19 @@ def commit_current(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, 
         event_part = new_rows.slice(chunk_rows.num_rows)
         filled = _fill_unchanged(event_part, unchanged, old, pk, table)
         new_rows = _concat([new_rows.slice(0, chunk_rows.num_rows), filled], event_table.schema)
-    data = _concat([*kept, new_rows], event_table.schema)
+    data = _sorted_by_key(_concat([*kept, new_rows], event_table.schema), pk)
     _commit(iceberg_table, data.cast(schema) if data.num_rows else data, replaced, properties)
+
+
+def _sorted_by_key(data: pa.Table, primary_key: tuple[str, ...]) -> pa.Table:
+    """Rows in key order, so that each written file covers a narrow key range and later commits
+    skip it by its statistics (left unsorted when a key type has no order in Arrow)."""
+    if data.num_rows < 2:
+        return data
+    try:
+        return data.take(pc.sort_indices(data, sort_keys=[(c, "ascending") for c in primary_key]))
+    except (pa.ArrowException, TypeError, ValueError):
+        return data
 
 
 def commit_changelog(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, DataType], properties: Mapping[str, str], table: str) -> None:
