@@ -108,7 +108,10 @@ class SchemaPipeline:
         self.column_maps: dict[TableId, dict[str, str | None]] = {}
         self.filters: dict[TableId, TableFilter | None] = {}
         self.flattener = Flattener(getattr(config, "flatten", None) or _default_flatten(), self.log)
+        flatten = self.flattener.config
+        self._flattens = flatten.unnest != "none" or any(t.unnest != "none" for t in flatten.tables.values())
         self._seeded: set[TableId] = set()
+        self._target_names: dict[TableId, tuple[Schema, frozenset[str]]] = {}
         self._warned: set[str] = set()
         self.schema_changes_applied = 0
         self.rows_filtered_out = 0
@@ -181,6 +184,14 @@ class SchemaPipeline:
                 if step.decision == "skip" and not self.history.has(table, str(step.detected), "skip"):
                     self.history.record_step(table, step, position)
 
+    def _names(self, table: TableId, schema: Schema) -> frozenset[str]:
+        """The column names of ``schema`` (the table's current target) as a set, cached."""
+        cached = self._target_names.get(table)
+        if cached is None or cached[0] is not schema:
+            cached = (schema, frozenset(schema.names))
+            self._target_names[table] = cached
+        return cached[1]
+
     def _column_map(self, table: TableId, result: SchemaPlan) -> dict[str, str | None]:
         source, target = self.effective_schema(table), self.target_schemas.get(table)
         mapping = dict(result.column_map)
@@ -203,11 +214,15 @@ class SchemaPipeline:
         in ``rows_filtered_out``."""
         if batch.schema_changes:
             self._source_changes(batch)
-        events = [e for e in (self._event(e, batch.end_position) for e in batch.events) if e is not None]
-        chunks = [c for c in (self._chunk(c) for c in batch.chunks) if c is not None]
-        changed = self._flatten(events, chunks)
-        for table in changed:
-            self._plan_and_apply(table, (), batch.end_position)
+        if self.config.filters.tables:
+            events = [e for e in (self._event(e, batch.end_position) for e in batch.events) if e is not None]
+            chunks = [c for c in (self._chunk(c) for c in batch.chunks) if c is not None]
+        else:  # no filters: only TRUNCATE events need a look
+            events = [e for e in (self._event(e, batch.end_position) if e.op is Op.TRUNCATE else e for e in batch.events) if e is not None]
+            chunks = list(batch.chunks)
+        if self._flattens:
+            for table in self._flatten(events, chunks):
+                self._plan_and_apply(table, (), batch.end_position)
         events = [e for e in (self._reshape(e) for e in events) if e is not None]
         chunks = [c for c in (self._reshape_chunk(c) for c in chunks) if c is not None]
         if len(events) == len(batch.events) and len(chunks) == len(batch.chunks) and all(a is b for a, b in zip(events, batch.events)) and all(
@@ -324,7 +339,7 @@ class SchemaPipeline:
             return event
         after = self._map_row(mapping, event.after) if mapping else event.after
         target = self.target_schemas.get(event.table)
-        if after is not None and target is not None and any(n not in after for n in target.names):
+        if after is not None and target is not None and not after.keys() >= self._names(event.table, target):
             # A row holds every column of the target: the ones the source no longer fills
             # (kept by the policy, or not written) are NULL from now on.
             after = {**{n: None for n in target.names}, **after}
