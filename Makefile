@@ -33,7 +33,9 @@ test: system-packages install ## Install everything needed and run the whole tes
 test-unit: install ## Run the tests that need no server
 	$(PY) -m pytest tests/unit tests/conformance/test_builtin_sinks.py $(PYTEST_ARGS)
 
-demo: system-packages install ## Replicate a demo Postgres shop into Iceberg while it changes, then show the tables (stops all it starts)
+demo: install ## Replicate a demo Postgres shop into Iceberg while it changes, then show the tables (stops all it starts)
+	@dpkg -s postgresql-15 >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); echo "installing: postgresql-15"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; }
 	$(PY) scripts/demo.py
 
 validate-configs: install ## Validate every integration in configs/

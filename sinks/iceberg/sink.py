@@ -14,11 +14,15 @@ How writes work (pyiceberg writes copy-on-write only: no delete files):
   kept), and the rewrite and the new rows are one ``overwrite`` snapshot, so readers never see a
   half-applied commit. Snapshot rows (``RowChunk``) go the same way: into an empty table they are
   a plain append.
+* Written rows are sorted by primary key, so each file covers a narrow key range and the
+  statistics filter above skips most files at the next commit.
 * ``UNCHANGED`` values (TOAST) are taken from the row being replaced, read from the same files.
 * TRUNCATE drops every data file in the same snapshot as the rows buffered after it.
 
-Measured (BENCHMARKS.md): appending new keys costs the Parquet write only; updates cost a rewrite
-of the files they touch, once per commit rather than once per batch.
+Measured (BENCHMARKS.md, 500k-row table, one commit each): 100k new keys 0.33 s (append only);
+100k random updates 0.64 s; 1000 neighbouring updates 0.16 s (one file rewritten); pyiceberg's
+own ``Table.upsert`` of the same 100k updates 12.8 s. A commit costs about the same for 1 or
+10 000 changes of a table, hence one commit per ``commit_interval`` rather than per batch.
 
 Exactly once: every snapshot carries the integration name and the source position in its summary
 (see ``positions``); ``stored_position`` reads them back and each table ignores replayed changes at

@@ -148,18 +148,16 @@ def commit_current(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, 
     chunk_rows = _concat([chunk_to_arrow(rows_, schema, types, table) for rows_, _ in buffer.chunks], event_table.schema)
     superseded_chunk_rows = chunk_rows.schema.empty_table()
     if chunk_rows.num_rows:
-        chunk_keys = key_strings(chunk_rows, pk)
-        newer = pc.is_in(chunk_keys, value_set=event_keys) if len(event_keys) else pa.array([False] * chunk_rows.num_rows)
-        if pc.any(newer).as_py():
-            superseded_chunk_rows = chunk_rows.filter(newer)
-            chunk_rows = chunk_rows.filter(pc.invert(newer))
-            chunk_keys = key_strings(chunk_rows, pk)
-        if pc.count_distinct(chunk_keys).as_py() != chunk_rows.num_rows:
-            chunk_rows = chunk_rows.take(pa.array(last_occurrences(chunk_keys.to_pylist()), type=pa.int64()))
+        if len(event_keys):
+            newer = pc.is_in(key_strings(chunk_rows, pk), value_set=event_keys)
+            if pc.any(newer).as_py():
+                superseded_chunk_rows = chunk_rows.filter(newer)
+                chunk_rows = chunk_rows.filter(pc.invert(newer))
+        if _has_duplicate_keys(chunk_rows, pk):  # a chunk read again after a resumed snapshot
+            chunk_rows = chunk_rows.take(pa.array(last_occurrences(key_strings(chunk_rows, pk).to_pylist()), type=pa.int64()))
 
     new_rows = _concat([chunk_rows, event_table], event_table.schema)
     touched = _concat([new_rows.select(list(pk)), gone_table.select(list(pk))], event_table.schema.empty_table().select(list(pk)).schema)
-    touched_keys = key_strings(touched, pk) if touched.num_rows else pa.array([], type=pa.large_binary())
 
     kept: list[pa.Table] = []
     old_versions: list[pa.Table] = [superseded_chunk_rows]
@@ -168,6 +166,7 @@ def commit_current(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, 
         if buffer.truncated:
             replaced = [task.file for task in iceberg_table.scan().plan_files()]
         elif touched.num_rows:
+            touched_keys = key_strings(touched, pk)
             for task in iceberg_table.scan(row_filter=_prefilter(iceberg_table, touched, pk)).plan_files():
                 existing = _read_task(iceberg_table, task)
                 if existing.num_rows == 0:
@@ -188,12 +187,31 @@ def commit_current(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, 
     _commit(iceberg_table, data.cast(schema) if data.num_rows else data, replaced, properties)
 
 
+def _has_duplicate_keys(rows: pa.Table, primary_key: tuple[str, ...]) -> bool:
+    column = rows.column(primary_key[0]) if len(primary_key) == 1 else None
+    if column is not None and not isinstance(column.type, pa.ExtensionType):
+        return bool(pc.count_distinct(column).as_py() != rows.num_rows)
+    return bool(pc.count_distinct(key_strings(rows, primary_key)).as_py() != rows.num_rows)
+
+
+def _is_sorted(rows: pa.Table, primary_key: tuple[str, ...]) -> bool:
+    """True when a single-column key is strictly increasing (snapshot chunks read in key order)."""
+    if len(primary_key) != 1:
+        return False
+    column = rows.column(primary_key[0])
+    if isinstance(column.type, pa.ExtensionType):
+        return False
+    return bool(pc.all(pc.less(column.slice(0, len(column) - 1), column.slice(1))).as_py())
+
+
 def _sorted_by_key(data: pa.Table, primary_key: tuple[str, ...]) -> pa.Table:
     """Rows in key order, so that each written file covers a narrow key range and later commits
     skip it by its statistics (left unsorted when a key type has no order in Arrow)."""
     if data.num_rows < 2:
         return data
     try:
+        if _is_sorted(data, primary_key):
+            return data
         return data.take(pc.sort_indices(data, sort_keys=[(c, "ascending") for c in primary_key]))
     except (pa.ArrowException, TypeError, ValueError):
         return data
