@@ -304,7 +304,7 @@ class RowDecoder:
     """Decodes the rows of pymysqlreplication row events (see the module doc). Not thread-safe."""
 
     def __init__(self) -> None:
-        self._tables: dict[int, tuple[Any, _TableRows | None]] = {}
+        self._tables: dict[int, tuple[Any, tuple[Any, ...], _TableRows | None]] = {}
 
     def clear(self) -> None:
         """Forget the decoders (call when the reader's table maps are cleared)."""
@@ -316,8 +316,18 @@ class RowDecoder:
             return None
         cached = self._tables.get(event.table_id)
         if cached is not None and cached[0] is table:
-            return cached[1]
+            return cached[2]
         columns = table.columns
+        # A re-parsed table map of the same layout reuses the generated decoder.
+        layout = tuple(
+            (getattr(c, "name", None), c.type, getattr(c, "unsigned", False), getattr(c, "max_length", None), getattr(c, "length_size", None),
+             getattr(c, "precision", None), getattr(c, "decimals", None), getattr(c, "fsp", None), getattr(c, "bytes", None), getattr(c, "size", None),
+             getattr(c, "character_set_name", None), tuple(getattr(c, "enum_values", None) or ()), tuple(getattr(c, "set_values", None) or ()))
+            for c in columns
+        )
+        if cached is not None and cached[1] == layout:
+            self._tables[event.table_id] = (table, layout, cached[2])
+            return cached[2]
         names = tuple(getattr(c, "name", None) for c in columns)
         decoder: _TableRows | None = None
         if all(names) and len(set(names)) == len(names):
@@ -327,7 +337,7 @@ class RowDecoder:
                 readers = [None]
             if all(r is not None for r in readers):
                 decoder = _TableRows(names, list(columns), readers)  # type: ignore[arg-type]
-        self._tables[event.table_id] = (table, decoder)
+        self._tables[event.table_id] = (table, layout, decoder)
         return decoder
 
     def rows(self, event: Any, update: bool) -> list[Any] | None:
