@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
+import uuid
+from decimal import Decimal
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import orjson
+
 from zetl.events import UNCHANGED, TableId
 from zetl.schema.changes import AddColumn, AlterColumnType, DropColumn, SchemaChange
-from zetl.schema.types import DataType, Field, Schema
+from zetl.schema.types import DataType, Field, Schema, TypeKind
 
 from .decoding import Decoder, decoder_for
 
@@ -25,6 +29,23 @@ _PG_EPOCH_US = int(PG_EPOCH.timestamp()) * 1_000_000
 _I16 = struct.Struct(">h").unpack_from
 _I32 = struct.Struct(">i").unpack_from
 _U32 = struct.Struct(">I").unpack_from
+
+
+_FROM_BYTES: dict[TypeKind, Callable[[bytes], Any]] = {
+    TypeKind.INT16: int,
+    TypeKind.INT32: int,
+    TypeKind.INT64: int,
+    TypeKind.FLOAT32: float,
+    TypeKind.FLOAT64: float,
+    TypeKind.BOOLEAN: lambda raw: raw == b"t",
+    TypeKind.JSON: orjson.loads,
+}
+_FAST_TEXT: dict[TypeKind, Callable[[str], Any]] = {
+    TypeKind.DECIMAL: Decimal,
+    TypeKind.TIMESTAMP: dt.datetime.fromisoformat,
+    TypeKind.DATE: dt.date.fromisoformat,
+    TypeKind.UUID: uuid.UUID,
+}
 
 
 def pg_time(micros: int) -> dt.datetime:
@@ -71,41 +92,68 @@ class RelationDecoder:
     NULL, ``UNCHANGED`` for an unchanged TOASTed value the server did not send.
     """
 
-    __slots__ = ("table", "schema", "names", "decoders", "key", "selected")
+    __slots__ = ("table", "schema", "names", "decoders", "plan", "safe_plan", "key", "selected")
 
     def __init__(self, table: TableId, schema: Schema, selected: bool = True) -> None:
         self.table = table
         self.schema = schema
         self.names: tuple[str, ...] = schema.names
         self.decoders: tuple[Decoder, ...] = tuple(decoder_for(f.type) for f in schema.fields)
+        # per column: (name, mode, function); mode 0 = text kept as is, 1 = function of the raw
+        # bytes (int() and float() parse ASCII bytes directly), 2 = function of the decoded text
+        # The fast functions are the C parsers themselves; a value they reject (infinity dates...)
+        # makes ``decode`` redo the row with the complete decoders of ``decoding``.
+        plan = []
+        safe = []
+        for f, decoder in zip(schema.fields, self.decoders):
+            kind = f.type.kind
+            if kind is TypeKind.STRING:
+                plan.append((f.name, 0, decoder))
+            elif kind in _FROM_BYTES:
+                plan.append((f.name, 1, _FROM_BYTES[kind]))
+            else:
+                plan.append((f.name, 2, _FAST_TEXT.get(kind, decoder)))
+            safe.append((f.name, 0 if kind is TypeKind.STRING else 2, decoder))
+        self.plan: tuple[tuple[str, int, Decoder], ...] = tuple(plan)
+        self.safe_plan: tuple[tuple[str, int, Decoder], ...] = tuple(safe)
         self.key: tuple[str, ...] = schema.primary_key
         self.selected = selected
 
     def decode(self, buf: bytes, pos: int) -> tuple[dict[str, Any], int]:
+        try:
+            return self._decode(buf, pos, self.plan)
+        except (ValueError, TypeError):
+            return self._decode(buf, pos, self.safe_plan)
+
+    def _decode(self, buf: bytes, pos: int, plan: tuple[tuple[str, int, Decoder], ...]) -> tuple[dict[str, Any], int]:
         (ncols,) = _I16(buf, pos)
+        if ncols != len(plan):
+            raise RuntimeError(f"tuple of {self.table} has {ncols} columns, its Relation message announced {len(plan)}")
         pos += 2
-        names = self.names
-        decoders = self.decoders
         row: dict[str, Any] = {}
         i32 = _I32
-        for i in range(ncols):
+        for name, mode, fn in plan:
             kind = buf[pos]
             if kind == 116:  # 't' text value
                 (n,) = i32(buf, pos + 1)
                 start = pos + 5
                 pos = start + n
-                row[names[i]] = decoders[i](buf[start:pos].decode())
+                if mode == 0:
+                    row[name] = buf[start:pos].decode()
+                elif mode == 1:
+                    row[name] = fn(buf[start:pos])
+                else:
+                    row[name] = fn(buf[start:pos].decode())
             elif kind == 110:  # 'n' NULL
                 pos += 1
-                row[names[i]] = None
+                row[name] = None
             elif kind == 117:  # 'u' unchanged TOAST value
                 pos += 1
-                row[names[i]] = UNCHANGED
+                row[name] = UNCHANGED
             elif kind == 98:  # 'b' binary (never requested; protocol allows it)
-                (n,) = i32(buf, pos + 1)
-                raise ValueError(f"binary tuple value in column {names[i]!r} of {self.table}: zetl requests the text format")
+                raise RuntimeError(f"binary tuple value in column {name!r} of {self.table}: zetl requests the text format")
             else:
-                raise ValueError(f"unknown tuple value kind {kind!r} in column {names[i]!r} of {self.table}")
+                raise RuntimeError(f"unknown tuple value kind {kind!r} in column {name!r} of {self.table}")
         return row, pos
 
     def key_of(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -15,13 +15,15 @@ reading can resume after it.
 
 from __future__ import annotations
 
+import csv as csv_module
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 from zetl.schema.types import Schema, TypeKind
 
-from .decoding import decoder_for, to_pg_text
+from .decoding import decoder_for
 
 if TYPE_CHECKING:
     import psycopg
@@ -75,6 +77,7 @@ class ChunkReader:
                 self.columns.append(_Column(f.name, target, pa.string(), "python"))
                 select.append(ident)
         self._decoders = {f.name: decoder_for(f.type) for f in schema.fields}
+        self._key_index = [schema.names.index(k) for k in self.key]
         self._select = sql.SQL(", ").join(select)
         self._from = sql.Identifier(schema.table.namespace, schema.table.name)
         self._order = sql.SQL(", ").join(sql.Identifier(k) for k in self.key)
@@ -98,29 +101,71 @@ class ChunkReader:
     def chunks(self, after: tuple[str, ...] | None = None) -> Iterator[tuple["pa.Table", tuple[str, ...] | None]]:
         """Yield ``(rows, last_key)`` per chunk, starting after key ``after`` (None: from the start).
 
-        ``last_key`` is the key of the chunk's last row in Postgres text form.
+        ``last_key`` is the key of the chunk's last row in Postgres text form. While a chunk is
+        parsed (pyarrow releases the GIL), the next one is already being fetched: its bound is
+        read from the raw text of the last row, so fetching never waits for parsing.
         """
+        with ThreadPoolExecutor(1, thread_name_prefix="zetl-pg-snapshot") as pool:
+            pending = pool.submit(self.fetch, after)
+            while True:
+                rows = pending.result()
+                if not rows:
+                    return
+                last_key = self.key_of(rows[-1]) if self.key else None
+                more = bool(self.key) and len(rows) >= self.chunk_rows
+                if more:
+                    pending = pool.submit(self.fetch, last_key)
+                table = self.parse(b"".join(rows))
+                del rows
+                yield table, last_key
+                if not more:
+                    return
+
+    def key_of(self, row: Any) -> tuple[str, ...]:
+        """The key columns of one raw CSV row, in Postgres text form."""
+        fields = next(csv_module.reader([bytes(row).decode()]))
+        return tuple(fields[i] for i in self._key_index)
+
+    def fetch(self, after: tuple[str, ...] | None) -> list[Any]:
+        """The raw CSV rows of one chunk (one buffer per row, as libpq hands them over).
+
+        Uses libpq directly: psycopg's Python-level COPY iteration costs about as much again.
+        Raises psycopg errors (mapped by the caller).
+        """
+        import psycopg
+        from psycopg import pq
+
+        pgconn = self.conn.pgconn
+        pgconn.send_query(self._query(after).as_bytes(self.conn))
+        result = pgconn.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_OUT:
+            message = (result.error_message if result is not None else pgconn.error_message).decode(errors="replace").strip()
+            while pgconn.get_result() is not None:
+                pass
+            if pgconn.status != pq.ConnStatus.OK:
+                raise psycopg.OperationalError(message)
+            raise psycopg.DatabaseError(message)
+        rows: list[Any] = []
+        append = rows.append
+        get = pgconn.get_copy_data
         while True:
-            table = self.read_chunk(after)
-            if table.num_rows == 0:
-                return
-            if not self.key:
-                yield table, None
-                return
-            last = table.slice(table.num_rows - 1, 1).select(list(self.key)).to_pylist()[0]
-            after = tuple(to_pg_text(last[k]) for k in self.key)
-            yield table, after
-            if table.num_rows < self.chunk_rows:
-                return
+            nbytes, data = get(0)
+            if nbytes <= 0:
+                break
+            append(data)
+        if nbytes == -2:
+            raise psycopg.OperationalError(pgconn.error_message.decode(errors="replace").strip())
+        error = None
+        while (result := pgconn.get_result()) is not None:
+            if result.status != pq.ExecStatus.COMMAND_OK:
+                error = result.error_message.decode(errors="replace").strip()
+        if error:
+            raise psycopg.DatabaseError(error)
+        return rows
 
     def read_chunk(self, after: tuple[str, ...] | None) -> "pa.Table":
         """One chunk as an Arrow table in the canonical Arrow types."""
-        parts: list[Any] = []
-        with self.conn.cursor() as cur:
-            with cur.copy(self._query(after)) as copy:
-                for data in copy:
-                    parts.append(data)
-        return self.parse(b"".join(parts))
+        return self.parse(b"".join(self.fetch(after)))
 
     def parse(self, data: bytes) -> "pa.Table":
         """Postgres CSV text of this table's select list -> Arrow table of the canonical types."""
