@@ -29,6 +29,10 @@ __all__ = ["MySQLSource"]
 _PURGED_CODES = frozenset({1236})
 
 
+class _BinlogGone(NeedsAttentionError):
+    """The server no longer has the binlog of the position asked for."""
+
+
 class MySQLSource(Source[MySQLConfig]):
     """Reads a MySQL 8 / MariaDB server: a consistent snapshot of the selected tables, then the
     binlog (ROW format, full images, full metadata).
@@ -114,6 +118,14 @@ class MySQLSource(Source[MySQLConfig]):
                 except Exception as exc:  # closing a broken connection: nothing left to release
                     self.log.debug("closing %s: %s", attr, exc)
 
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as exc:  # a broken binlog connection: nothing left to release
+                self.log.debug("closing the binlog stream: %s", exc)
+
     def _ctl(self) -> Any:
         if self._conn is None or not self._conn.open:
             self._conn = connect(self.config, "reconnecting")
@@ -176,12 +188,16 @@ class MySQLSource(Source[MySQLConfig]):
 
     def _read(self, start: MySQLPosition | None) -> Iterator[Batch]:
         mode = self.config.snapshot
+        if mode == "initial_only" and start is not None and not start.in_snapshot:
+            self._phase = "done"
+            self.log.info("snapshot: initial_only and the snapshot is done; nothing to read")
+            return
         if start is None and mode == "never":
             start = current_position(self._ctl(), self.mariadb)
             self.log.info("snapshot: never; streaming from %s", start)
         if start is not None and not start.in_snapshot and self._purged(start):
             if mode != "when_needed":
-                raise NeedsAttentionError(self._purged_message(start))
+                raise _BinlogGone(self._purged_message(start))
             self.log.warning("%s; snapshot: when_needed, so the tables are copied again", self._purged_message(start))
             start = None
         if start is None or start.in_snapshot:
@@ -196,7 +212,19 @@ class MySQLSource(Source[MySQLConfig]):
                 return
             assert isinstance(end, MySQLPosition)
             start = end
-        yield from self._streaming(start)
+        try:
+            yield from self._streaming(start)
+        except _BinlogGone as exc:
+            if mode != "when_needed" or self._closed.is_set():
+                raise
+            self.log.warning("%s; snapshot: when_needed, so the tables are copied again", exc.message)
+            self._close_stream()
+            end = None
+            for batch in self._snapshot(None):
+                end = batch.end_position
+                yield batch
+            if isinstance(end, MySQLPosition) and not self._closed.is_set():
+                yield from self._streaming(end)
 
     # -- snapshot -------------------------------------------------------------------------
     def _snapshot(self, start: MySQLPosition | None) -> Iterator[Batch]:
@@ -332,7 +360,7 @@ class MySQLSource(Source[MySQLConfig]):
                 code = exc.args[0] if exc.args else None
                 if code in _PURGED_CODES:
                     text = exc.args[1] if len(exc.args) > 1 else str(exc)
-                    raise NeedsAttentionError(f"{self._purged_message(assembler.position)} (server: {text})") from exc
+                    raise _BinlogGone(f"{self._purged_message(assembler.position)} (server: {text})") from exc
                 raise map_error(exc, self.config, "reading the binlog") from exc
             except (driver.err.InterfaceError, OSError, AttributeError) as exc:
                 if self._closed.is_set():
@@ -340,7 +368,9 @@ class MySQLSource(Source[MySQLConfig]):
                 raise SourceConnectionError(f"MySQL {self.config.host}:{self.config.port}: binlog connection lost: {exc}") from exc
             if event is None:
                 raise SourceConnectionError(f"MySQL {self.config.host}:{self.config.port}: the server ended the binlog stream")
-            if getattr(event, "timestamp", 0):
+            if type(event).__name__ == "HeartbeatLogEvent":
+                assembler.last_event_ts = time.time()  # caught up: the server has nothing more
+            elif getattr(event, "timestamp", 0):
                 assembler.last_event_ts = float(event.timestamp)
             batches = assembler.feed(event)
             if assembler.table_maps_dirty:

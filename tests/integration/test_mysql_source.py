@@ -411,3 +411,16 @@ def test_zero_dates_arrive_as_null_in_snapshot_and_stream(mariadb_server: MariaD
         events, _ = collect_events(source, None, until=lambda ev: any(e.op is Op.INSERT for e in ev), on_batch=late_insert)
     rows = {e.after["id"]: dict(e.after) for e in events if e.after is not None}  # type: ignore[index]
     assert rows[1] == rows[2] | {"id": 1} == {"id": 1, "d": None, "t": None, "ok": dt.date(2024, 5, 6)}
+
+
+def test_initial_only_stops_after_the_snapshot_and_stays_stopped(mariadb_server: MariaDBServer, mariadb_database: str, driver: Driver) -> None:
+    driver.create()
+    driver.insert([{"id": 1, "name": "a", "amount": 1}])
+    with make_source(mariadb_server, mariadb_database, snapshot="initial_only") as source:
+        batches = list(source.read(None))
+        assert source.status()["phase"] == "done"
+    end = batches[-1].end_position
+    assert isinstance(end, MySQLPosition) and not end.in_snapshot
+    driver.insert([{"id": 2, "name": "b", "amount": 2}])
+    with make_source(mariadb_server, mariadb_database, snapshot="initial_only") as source:
+        assert list(source.read(end)) == []
