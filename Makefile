@@ -38,10 +38,13 @@ demo: install ## Replicate a demo Postgres shop into Iceberg while it changes, t
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql-15 >/dev/null; }
 	$(PY) scripts/demo.py
 
+bench: system-packages install ## Benchmarks against raw ceilings (~5 min; BENCH_WORKLOADS=postgres,mariadb,...): bench/results/, BENCHMARKS.md
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 validate-configs: install ## Validate every integration in configs/
 	$(VENV)/bin/zetl validate configs/
 
 clean: ## Remove the virtualenv and build artefacts
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .zetl .zetl-test
 
-.PHONY: help install system-packages test test-unit demo validate-configs clean
+.PHONY: help install system-packages test test-unit demo bench validate-configs clean
