@@ -66,8 +66,8 @@ class PostgresConfig(SourceConfig):
 
     iam_auth: bool = False
     """Log in with an RDS IAM token (boto3 ``generate_db_auth_token``) instead of ``password``;
-    a fresh token is made at every (re)connection. Needs ``region`` and ``sslmode`` require or
-    stricter."""
+    a fresh token is made at every (re)connection. Needs ``region``; RDS accepts tokens over SSL
+    only (``sslmode: require`` or stricter)."""
 
     region: str | None = None
     """AWS region of the RDS instance, for ``iam_auth``."""

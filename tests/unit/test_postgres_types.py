@@ -159,3 +159,15 @@ def test_schema_diff_orders_drops_type_changes_then_adds() -> None:
     changes = diff_schema(old, new)
     assert changes == [DropColumn(t, "a"), AlterColumnType(t, "b", T.int64, T.int32), AddColumn(t, Field("c", T.date, nullable=True), after="b")]
     assert diff_schema(old, old) == []
+
+
+def test_iam_token_is_made_locally_from_the_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zetl_connectors.postgres.catalog import iam_token
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    config = PostgresConfig(host="db.example.eu-west-1.rds.amazonaws.com", port=5432, database="d", user="zetl", iam_auth=True, region="eu-west-1")
+    token = iam_token(config)
+    assert token.startswith("db.example.eu-west-1.rds.amazonaws.com:5432/?Action=connect&DBUser=zetl")
+    assert "X-Amz-Signature=" in token and "eu-west-1" in token
