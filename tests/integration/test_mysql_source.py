@@ -424,3 +424,17 @@ def test_initial_only_stops_after_the_snapshot_and_stays_stopped(mariadb_server:
     driver.insert([{"id": 2, "name": "b", "amount": 2}])
     with make_source(mariadb_server, mariadb_database, snapshot="initial_only") as source:
         assert list(source.read(end)) == []
+
+
+def test_connection_errors_say_what_and_whether_to_retry(mariadb_server: MariaDBServer, mariadb_database: str) -> None:
+    from zetl.errors import SourceConnectionError
+    from zetl.testing.servers import free_port
+
+    bad_password = MySQLSource(MySQLConfig(port=mariadb_server.port, user="zetl", password="wrong"), PluginContext(integration="x"))  # type: ignore[arg-type]
+    with pytest.raises(SourceError, match=r"access denied for user 'zetl'.*check the password") as info:
+        bad_password.open()
+    assert not info.value.retryable and "wrong" not in str(info.value)
+    nobody_home = MySQLSource(MySQLConfig(port=free_port(), user="zetl", password="zetl", connect_timeout=2), PluginContext(integration="x"))  # type: ignore[arg-type]
+    with pytest.raises(SourceConnectionError, match=r"MySQL 127\.0\.0\.1:\d+ \(connecting\)") as info2:
+        nobody_home.open()
+    assert info2.value.retryable
