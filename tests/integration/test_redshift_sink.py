@@ -151,7 +151,7 @@ def test_every_type_round_trips_and_super_is_queryable(redshift_target: Redshift
         import boto3
 
         s3 = boto3.client("s3", endpoint_url=redshift_target.s3_endpoint, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
-        left = s3.list_objects_v2(Bucket=redshift_target.bucket).get("KeyCount", 0)
+        left = s3.list_objects_v2(Bucket=redshift_target.bucket, Prefix=redshift_target.s3_prefix).get("KeyCount", 0)
         assert left == 0, "staged files must be deleted once the batch is committed"
 
 

@@ -52,6 +52,11 @@ class RedshiftTarget:
     s3_endpoint: str | None = None
     bucket: str | None = None
 
+    @property
+    def s3_prefix(self) -> str:
+        """This database's staging prefix (moto's data is shared by every server in the process)."""
+        return f"staging/{self.database}/"
+
     def sink_config(self, **overrides: Any) -> dict[str, Any]:
         """A ``sink:`` section (without ``type``) pointing at this target through the proxy."""
         config: dict[str, Any] = {
@@ -66,7 +71,7 @@ class RedshiftTarget:
         if self.s3_endpoint and self.bucket:
             config["s3"] = {
                 "bucket": self.bucket,
-                "prefix": "staging/",
+                "prefix": self.s3_prefix,
                 "iam_role": "arn:aws:iam::123456789012:role/zetl-copy",
                 "endpoint_url": self.s3_endpoint,
                 "access_key_id": S3_CREDENTIALS["access_key_id"],
