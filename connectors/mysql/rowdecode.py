@@ -85,44 +85,46 @@ def _string(prefix: int, encoding: str | None) -> Reader:
 
 
 def _decimal(precision: int, scale: int) -> Reader:
+    """MySQL's packed decimal: groups of 9 digits in 4 bytes, the leftover digits of each end in
+    1-4 bytes; the sign in the top bit (negative values have every bit inverted). The reader is
+    generated for the column's precision and scale, from integer constants only."""
     integral = precision - scale
     uncomp_int, comp_int = divmod(integral, 9)
     uncomp_frac, comp_frac = divmod(scale, 9)
     comp_int_bytes, comp_frac_bytes = _DIG2BYTES[comp_int], _DIG2BYTES[comp_frac]
     size = comp_int_bytes + uncomp_int * 4 + uncomp_frac * 4 + comp_frac_bytes
-    sign_bit = 0x80 << (8 * (size - 1))
-    all_ones = (1 << (8 * size)) - 1
-    # (bit shift, digits) of each group from the most significant: the integral part, then the fraction
     int_groups = ([(comp_int_bytes * 8, comp_int)] if comp_int_bytes else []) + [(32, 9)] * uncomp_int
     frac_groups = [(32, 9)] * uncomp_frac + ([(comp_frac_bytes * 8, comp_frac)] if comp_frac_bytes else [])
-    frac_bits = sum(bits for bits, _ in frac_groups)
-    frac_mask = (1 << frac_bits) - 1
 
-    def groups(value: int, layout: list[tuple[int, int]], total_bits: int) -> int:
-        out = 0
-        shift = total_bits
+    def expression(layout: list[tuple[int, int]], shift: int) -> str:
+        # the groups' values, most significant first, combined in base 10**digits
+        terms = "0"
         for bits, digits in layout:
             shift -= bits
-            out = out * 10**digits + ((value >> shift) & ((1 << bits) - 1))
-        return out
+            terms = f"({terms}) * {10 ** digits} + ((raw >> {shift}) & {(1 << bits) - 1})"
+        return terms
 
+    total_bits = size * 8
     int_bits = sum(bits for bits, _ in int_groups)
-
-    def read(b: bytes, o: int) -> tuple[Any, int]:
-        raw = int.from_bytes(b[o : o + size], "big")
-        negative = not raw & sign_bit
-        raw ^= sign_bit
-        if negative:
-            raw ^= all_ones
-        whole = groups(raw >> frac_bits, int_groups, int_bits)
-        if scale:
-            frac = groups(raw & frac_mask, frac_groups, frac_bits)
-            text = f"{'-' if negative else ''}{whole}.{frac:0{scale}d}"
-        else:
-            text = f"{'-' if negative else ''}{whole}"
-        return Decimal(text), o + size
-
-    return read
+    whole = expression(int_groups, total_bits)
+    frac = expression(frac_groups, total_bits - int_bits)
+    lines = [
+        "def read(b, o):",
+        f"    raw = int.from_bytes(b[o:o + {size}], 'big')",
+        f"    negative = not raw & {0x80 << (8 * (size - 1))}",
+        f"    raw ^= {0x80 << (8 * (size - 1))}",
+        "    if negative:",
+        f"        raw ^= {(1 << (8 * size)) - 1}",
+        f"    whole = {whole}",
+    ]
+    if scale:
+        lines.append(f"    frac = {frac}")
+        lines.append(f"    return D(('-' if negative else '') + str(whole) + '.' + str(frac).zfill({scale})), o + {size}")
+    else:
+        lines.append(f"    return D(('-' if negative else '') + str(whole)), o + {size}")
+    namespace: dict[str, Any] = {"D": Decimal}
+    exec(compile("\n".join(lines), "<zetl decimal>", "exec"), namespace)  # noqa: S102 - integer constants only
+    return namespace["read"]  # type: ignore[no-any-return]
 
 
 def _fraction(fsp: int) -> tuple[int, int]:
