@@ -36,6 +36,7 @@ _VARIABLES = (
     "gtid_mode",
     "server_id",
     "gtid_strict_mode",
+    "binlog_row_value_options",
 )
 
 
@@ -84,6 +85,15 @@ def check_settings(info: ServerInfo, min_retention: float) -> list[PreflightProb
             continue
         if found.upper() != wanted:
             problems.append(PreflightProblem(setting, found, wanted, _fix(setting, wanted, info.mariadb)))
+    if "PARTIAL_JSON" in v.get("binlog_row_value_options", "").upper():
+        # partial JSON updates are logged as diffs that a full row image cannot be rebuilt from
+        problems.append(
+            PreflightProblem(
+                "binlog_row_value_options", v["binlog_row_value_options"], "''",
+                "run SET GLOBAL binlog_row_value_options = ''; and remove binlog_row_value_options from the server's"
+                " configuration file (RDS/Aurora: clear it in the DB parameter group)",
+            )
+        )
     retention = retention_seconds(info)
     if min_retention > 0 and 0 < retention < min_retention:
         seconds = int(min_retention)

@@ -80,6 +80,10 @@ def test_preflight_lists_every_problem_with_its_fix() -> None:
         "binlog_row_metadata is 'MINIMAL', needs FULL: run SET GLOBAL binlog_row_metadata = 'FULL'; and add binlog_row_metadata=FULL under [mysqld] in the server's configuration file (RDS/Aurora: set binlog_row_metadata = FULL in the DB parameter group)",
         "binlog_expire_logs_seconds is '3600 s', needs >= 86400 s of binlog retention: run SET GLOBAL binlog_expire_logs_seconds = '86400'; and add binlog_expire_logs_seconds=86400 under [mysqld] in the server's configuration file (RDS/Aurora: set binlog_expire_logs_seconds = 86400 in the DB parameter group) (RDS: CALL mysql.rds_set_configuration('binlog retention hours', 24))",
     ]
+    partial = ServerInfo("8.0.36", False, {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL", "binlog_row_value_options": "PARTIAL_JSON"})
+    assert [str(p) for p in check_settings(partial, 0)] == [
+        "binlog_row_value_options is 'PARTIAL_JSON', needs '': run SET GLOBAL binlog_row_value_options = ''; and remove binlog_row_value_options from the server's configuration file (RDS/Aurora: clear it in the DB parameter group)"
+    ]
     ok = ServerInfo("10.11.6-MariaDB", True, {"log_bin": "ON", "binlog_format": "ROW", "binlog_row_image": "FULL", "binlog_row_metadata": "FULL", "expire_logs_days": "0"})
     assert check_settings(ok, 86400) == []
     off = ServerInfo("10.11.6-MariaDB", True, {"log_bin": "OFF", "binlog_format": "ROW", "binlog_row_image": "FULL"})
