@@ -73,8 +73,9 @@ class IcebergConfig(SinkConfig):
     fields). ``changelog``: every change is appended with ``_op``, ``_position`` and ``_commit_ts``
     (every version kept)."""
     commit_interval: Duration = 5.0
-    """Rows are buffered and committed at most this often (one Iceberg snapshot per table per
-    commit). Shorter means fresher tables and more, smaller files."""
+    """Shortest time between two commits (one Iceberg snapshot per table per commit): changes
+    arriving after a quiet period are committed at once, a busy stream once per interval.
+    Shorter means fresher tables under load and more, smaller files."""
     max_buffered_rows: int = Field(200_000, ge=1)
     """Commit earlier when this many changes wait (bounds memory)."""
     partition_by: list[str] = Field(default_factory=list)

@@ -2,9 +2,10 @@
 
 How writes work (pyiceberg writes copy-on-write only: no delete files):
 
-* Batches are buffered per table and committed every ``commit_interval`` (or when
-  ``max_buffered_rows`` changes wait, or when the runner forces a flush), one Iceberg snapshot
-  per table per commit. ``write`` returns the position of the last commit, ``flush(force=True)``
+* Batches are buffered per table and committed at most once per ``commit_interval`` (at once
+  when the last commit is older than that, so a lone change is not held back; earlier when
+  ``max_buffered_rows`` changes wait; always when the runner forces a flush), one Iceberg
+  snapshot per table per commit. ``write`` returns the position of the last commit, ``flush(force=True)``
   commits what is buffered.
 * Within a commit each primary key is collapsed to its last change (``TableBuffer``).
 * The keys of the commit are looked for only in the data files whose column statistics may hold
@@ -93,6 +94,7 @@ class IcebergSink(Sink[IcebergConfig]):
         self._commits = 0
         self._last_commit_at: float | None = None
         self._last_commit_seconds: float | None = None
+        self._last_commit_mono: float | None = None
         self._kill_at = _parse_kill_at(os.environ.get(KILL_ENV))
         self._multi_table_rounds = 0
 
@@ -511,9 +513,14 @@ class IcebergSink(Sink[IcebergConfig]):
         self._buffered_rows += rows
 
     def _due(self) -> bool:
+        """A commit is due when rows wait and the last commit is ``commit_interval`` old (so a
+        lone change after a quiet period is committed at once, and a busy stream once per
+        interval), or when ``max_buffered_rows`` changes wait."""
         if self._first_buffered_at is None:
             return False
-        return self._buffered_rows >= self.config.max_buffered_rows or time.monotonic() - self._first_buffered_at >= self.config.commit_interval
+        if self._buffered_rows >= self.config.max_buffered_rows:
+            return True
+        return self._last_commit_mono is None or time.monotonic() - self._last_commit_mono >= self.config.commit_interval
 
     def flush(self, force: bool = False) -> Position | None:
         if self._catalog is None:
@@ -541,6 +548,7 @@ class IcebergSink(Sink[IcebergConfig]):
             self._commits += 1
             self._crash_point("after-commit", self._commits)
             self._last_commit_at = time.time()
+            self._last_commit_mono = time.monotonic()
             self._last_commit_seconds = time.monotonic() - started
         self._buffers.clear()
         self._buffered_rows = 0

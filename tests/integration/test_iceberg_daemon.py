@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +17,7 @@ import orjson
 import pytest
 
 from zetl.checkpoints import SQLiteCheckpointStore
-from zetl.events import TableId
+from zetl.events import SequencePosition, TableId
 from zetl.plugin import PluginContext
 from zetl.testing.plugins import MemorySourceConfig, expected_rows
 from zetl_sinks.iceberg import IcebergConfig, IcebergSink
@@ -25,7 +26,7 @@ from zetl_sinks.iceberg.inspect import duckdb_connection, read_rows
 pytestmark = pytest.mark.integration
 
 ITEMS = TableId("demo", "items")
-SOURCE = {"snapshot_rows": 1500, "stream_events": 3000, "events_per_batch": 20, "chunk_rows": 100, "interval": 0.004}
+SOURCE = {"snapshot_rows": 1500, "stream_events": 3000, "events_per_batch": 20, "chunk_rows": 100, "interval": 0.004, "follow": True}
 
 
 def _catalog(tmp_path: Path) -> dict[str, str]:
@@ -34,7 +35,7 @@ def _catalog(tmp_path: Path) -> dict[str, str]:
 
 def _config(tmp_path: Path, mode: str) -> Path:
     (tmp_path / "warehouse").mkdir(exist_ok=True)
-    lines = ["name: ice-crash", "source:", "  type: memory"] + [f"  {k}: {v}" for k, v in SOURCE.items()]
+    lines = ["name: ice-crash", "source:", "  type: memory"] + [f"  {k}: {str(v).lower() if isinstance(v, bool) else v}" for k, v in SOURCE.items()]
     lines += ["sink:", "  type: iceberg", "  commit_interval: 200ms", "  max_buffered_rows: 300", f"  mode: {mode}", "  catalog:"]
     lines += [f"    {k}: '{v}'" for k, v in _catalog(tmp_path).items()]
     lines += ["batching:", "  max_rows: 500", "  max_delay: 100ms", "checkpoint:", "  path: state.db"]
@@ -52,7 +53,8 @@ def _run(config: Path, kill_at: str | None = None) -> subprocess.Popen[bytes]:
 
 
 def _sink(tmp_path: Path) -> IcebergSink:
-    return IcebergSink(IcebergConfig(catalog=_catalog(tmp_path)), PluginContext(integration="ice-crash", state_dir=tmp_path))
+    mode = "changelog" if "mode: changelog" in (tmp_path / "ice-crash.yaml").read_text() else "current"
+    return IcebergSink(IcebergConfig(catalog=_catalog(tmp_path), mode=mode), PluginContext(integration="ice-crash", state_dir=tmp_path))
 
 
 def _positions(tmp_path: Path) -> tuple[Any, Any]:
@@ -103,10 +105,27 @@ def test_sigkill_at_every_stage_then_restart_gives_exactly_the_source(tmp_path: 
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
 
-    # 4. Run to the end of the source.
+    # 4. Run until everything is in Iceberg (the source then idles: follow), stop with SIGTERM.
     proc = _run(config)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out.decode()[-3000:]
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, b"")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        last = SequencePosition("stream", SOURCE["stream_events"])  # type: ignore[arg-type]
+        deadline = time.monotonic() + 120
+        while not any(b"starting from" in line for line in lines) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)  # SIGTERM is handled once the integration runs
+        while time.monotonic() < deadline and proc.poll() is None:
+            stored, _ = _positions(tmp_path)
+            if stored is not None and stored >= last:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        reader.join(10)
+    assert proc.returncode == 0, b"".join(lines).decode()[-3000:]
+    assert _positions(tmp_path)[0] >= last, "the whole stream reached Iceberg"
 
     expected = expected_rows(MemorySourceConfig(**SOURCE))  # type: ignore[arg-type]
     with _sink(tmp_path) as sink:
