@@ -303,6 +303,10 @@ class MySQLSource(Source[MySQLConfig]):
         settings = connection_settings(self.config)
         settings.pop("autocommit", None)
         settings["read_timeout"] = max(30.0, self.config.heartbeat * 20)
+        # The server gives up on a replica that does not read for net_write_timeout seconds (60 by
+        # default); a slow sink can hold the reader longer than that between two batches.
+        settings["init_command"] = "SET SESSION net_write_timeout = 3600"
+
         kwargs: dict[str, Any] = dict(
             connection_settings=settings,
             server_id=self.server_id,
