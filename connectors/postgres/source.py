@@ -164,6 +164,7 @@ class PostgresSource(Source[PostgresConfig]):
         stream = self._stream if self._stream is not None and not self._stream.closed else self._open_stream()
         assert self._catalog is not None
         start = lsn or 0
+        self._wait_for_slot_release()
         stream.start(start)
         self._phase = "stream"
         for batch in stream.batches(start, announced, self._closed.is_set):
@@ -171,6 +172,18 @@ class PostgresSource(Source[PostgresConfig]):
                 self._position = str(batch.end_position)
             yield batch
             self._maintenance()
+
+    def _wait_for_slot_release(self, timeout: float = 10.0) -> None:
+        """A restart can come before the server has noticed that the previous connection is gone."""
+        assert self._catalog is not None
+        deadline = time.monotonic() + timeout
+        while not self._closed.is_set():
+            info = self._catalog.slot(self.slot_name)
+            if info is None or not info["active"]:
+                return
+            if time.monotonic() > deadline:
+                raise SourceConnectionError(f"replication slot {self.slot_name!r} is still in use by server process {info['active_pid']}")
+            time.sleep(0.1)
 
     def _maintenance(self) -> None:
         """Heartbeat and slot lag, at most every ``heartbeat_interval`` (lag every 5 s)."""

@@ -404,10 +404,14 @@ class ReplicationStream:
                 with lock:
                     pgconn.consume_input()
             except (OSError, ValueError) as exc:
+                if self.closed:
+                    return
                 raise fail(exc, "waiting for the replication stream") from None
             except SourceError:
                 raise
             except Exception as exc:
+                if self.closed:
+                    return
                 raise fail(exc, "reading the replication stream") from None
 
     def close(self) -> None:

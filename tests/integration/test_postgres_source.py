@@ -27,9 +27,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 ITEMS = TableId("public", "items")
 
 
-def make_source(server: PostgresServer, database: str, integration: str = "it", tables: list[str] | None = None, **settings: Any) -> PostgresSource:
+def make_source(server: PostgresServer, database: str, integration: str | None = None, tables: list[str] | None = None, **settings: Any) -> PostgresSource:
     config = PostgresConfig(host=server.host, port=server.port, database=database, user="postgres", heartbeat_interval=settings.pop("heartbeat_interval", 0.5), **settings)
-    context = PluginContext(integration=integration, tables=TableSelection.of(tables or []))
+    # one slot per test database: slot names are cluster-wide
+    context = PluginContext(integration=integration or database, tables=TableSelection.of(tables or []))
     return PostgresSource(config, context)
 
 
@@ -93,13 +94,13 @@ CREATE TYPE mood AS ENUM ('sad', 'happy');
 CREATE TABLE alltypes (
   id int PRIMARY KEY, i2 smallint, i8 bigint, num numeric(12,2), num_free numeric, f4 real, f8 double precision,
   ok boolean, txt text, vc varchar(20), ch char(3), raw bytea, d date, tm time, ts timestamp, tstz timestamptz,
-  js json, jb jsonb, u uuid, ints int[], txts text[], m mood, iv interval, ip inet
+  js json, jb jsonb, u uuid, ints int[], txts text[], m mood, iv interval, ip inet, nneg numeric(5,-2)
 );
 """
 ALL_TYPES_ROW = """INSERT INTO alltypes VALUES (1, -3, 9000000000, 1234.56, 3.14159265358979323846, 1.5, 2.25,
   true, 'héllo, "world"' || chr(10) || 'line2', 'v', 'ab', '\\x00ff', '2024-02-29', '13:14:15.5', '2024-01-02 03:04:05.123456',
   '2024-01-02 03:04:05+02', '{"a": [1, 2]}', '{"b": {"c": null}}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
-  '{1,NULL,3}', '{"x,y","q\\"z",NULL}', 'happy', '1 day 2 hours', '10.0.0.1/8')"""
+  '{1,NULL,3}', '{"x,y","q\\"z",NULL}', 'happy', '1 day 2 hours', '10.0.0.1/8', 12345)"""
 ALL_TYPES_NULLS = "INSERT INTO alltypes (id, txt) VALUES (2, '')"
 
 EXPECTED_ROW = {
@@ -107,7 +108,7 @@ EXPECTED_ROW = {
     "ok": True, "txt": 'héllo, "world"\nline2', "vc": "v", "ch": "ab ", "raw": b"\x00\xff", "d": dt.date(2024, 2, 29),
     "tm": dt.time(13, 14, 15, 500000), "ts": dt.datetime(2024, 1, 2, 3, 4, 5, 123456),
     "tstz": dt.datetime(2024, 1, 2, 1, 4, 5, tzinfo=dt.timezone.utc), "u": uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
-    "ints": [1, None, 3], "txts": ["x,y", 'q"z', None], "m": "happy", "iv": "P1DT2H", "ip": "10.0.0.1/8",
+    "ints": [1, None, 3], "txts": ["x,y", 'q"z', None], "m": "happy", "iv": "P1DT2H", "ip": "10.0.0.1/8", "nneg": Decimal("12300"),
 }  # fmt: skip
 
 
@@ -120,6 +121,7 @@ def test_snapshot_and_stream_of_every_common_type(pg_server: PostgresServer, pg_
         types = {f.name: str(f.type) for f in schema.fields}
         assert types["num"] == "decimal(12,2)" and types["num_free"] == "string" and types["vc"] == "string(20)"
         assert types["ints"] == "list<int32>" and types["m"] == "string" and types["tstz"] == "timestamptz" and types["jb"] == "json"
+        assert types["nneg"] == "decimal(7,0)"  # numeric(5,-2): the golden file's typmod is the server's
 
         def on_batch(batch: Batch) -> None:
             if any(c.op is Op.READ for c in batch.chunks):
@@ -332,7 +334,7 @@ def test_wal_level_must_be_logical(tmp_path: Any) -> None:
 class TestPostgresConformance(SourceConformance):
     @pytest.fixture
     def source_factory(self, pg_server: PostgresServer, pg_database: str) -> Callable[[], PostgresSource]:
-        return lambda: make_source(pg_server, pg_database, integration="conformance")
+        return lambda: make_source(pg_server, pg_database)
 
     @pytest.fixture
     def source_driver(self, pg_server: PostgresServer, pg_database: str) -> Iterator[Any]:
