@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Figure  # noqa: E402
 
 from zetl.events import TableId  # noqa: E402
 from zetl.plugin import PluginContext  # noqa: E402
@@ -181,6 +184,17 @@ def main() -> None:
                 r = zetl_stream(server, start, a.small_txns, table="t_small", cache_table_maps=cache)
                 result[f"small_txns_{'cached' if cache else 'uncached'}_table_maps"] = r
                 print(f"single-row transactions, table maps {'cached' if cache else 'parsed every time'}: {r['events_per_s']:,.0f} events/s", flush=True)
+    figures = [
+        Figure("snapshot rows/s", result["snapshot"]["rows_per_s"], "rows/s", result["snapshot_ceiling_rows_per_s"], 0.3, note="vs mariadb -e 'select * from t'"),
+        Figure("snapshot CPU per row", result["snapshot"]["cpu_us_per_row"], "µs", None, None, False),
+        Figure("snapshot via PyMySQL SSCursor (reference)", result["pymysql_sscursor"]["rows_per_s"], "rows/s", result["snapshot_ceiling_rows_per_s"], None, note="alternative reader, not used"),
+        Figure("stream backlog events/s", result["stream"]["events_per_s"], "events/s", result["stream_ceiling_events_per_s"], 0.15, note="vs mariadb-binlog --read-from-remote-server -v"),
+        Figure("stream CPU per event", result["stream"]["cpu_us_per_event"], "µs", None, None, False),
+    ]
+    if a.small_txns:
+        figures.append(Figure("single-row txns events/s (table maps cached)", result["small_txns_cached_table_maps"]["events_per_s"], "events/s"))
+        figures.append(Figure("single-row txns events/s (table maps parsed each time)", result["small_txns_uncached_table_maps"]["events_per_s"], "events/s"))
+    result["figures"] = [f.to_json() for f in figures]
     print(json.dumps(result, indent=2))
     if a.json:
         a.json.write_text(json.dumps(result, indent=2) + "\n")
