@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import CountingSink, Figure, cpu_seconds, timed_command  # noqa: E402
 
-from zetl.events import Op, TableId  # noqa: E402
+from zetl.events import Op  # noqa: E402
 from zetl.plugin import PluginContext  # noqa: E402
 from zetl.tables import TableSelection  # noqa: E402
 from zetl.testing.servers import PG_BIN, PostgresServer  # noqa: E402
