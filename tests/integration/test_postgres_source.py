@@ -364,3 +364,60 @@ class _Driver:
 
     def delete(self, id: int) -> None:
         self.sql("DELETE FROM items WHERE id = %s", (id,))
+
+
+def test_server_restart_then_resume_from_checkpoint(tmp_path: Any) -> None:
+    # a server of its own: restarting the session's server would disturb other tests
+    with PostgresServer() as server:
+        server.psql("CREATE TABLE items (id int PRIMARY KEY)")
+        source = make_source(server, "postgres", integration="restart", snapshot="never")
+        source.open()
+        checkpoint: list[Any] = []
+        with pytest.raises(SourceConnectionError) as err:
+            for batch in source.read(None):
+                if batch.end_position is not None:
+                    source.ack(batch.end_position)
+                    checkpoint.append(batch.end_position)
+                if any(e.op is Op.INSERT for e in batch.events):
+                    server.restart()
+                elif len(checkpoint) == 1 and not batch.events:
+                    server.psql("INSERT INTO items VALUES (1)")
+                    checkpoint.append(batch.end_position or checkpoint[-1])
+        source.close()
+        assert err.value.retryable
+        server.psql("INSERT INTO items VALUES (2)")
+        with make_source(server, "postgres", integration="restart", snapshot="never") as again:
+            events, _ = drain(again, checkpoint[-1], lambda ev, _b: any(e.op is Op.INSERT and e.after and e.after["id"] == 2 for e in ev))
+        assert stream_ops(events) == [("INSERT", 2)], "resuming after a restart gives what followed the checkpoint, once"
+
+
+def test_initial_only_copies_without_a_slot(pg_server: PostgresServer, pg_database: str, sql: Sql) -> None:
+    sql("CREATE TABLE items (id int PRIMARY KEY, name text)")
+    sql("INSERT INTO items SELECT g, 'n' || g FROM generate_series(1, 7) g")
+    with make_source(pg_server, pg_database, snapshot="initial_only", snapshot_chunk_rows=3) as source:
+        events, batches = drain(source, None, lambda _e, _b: False)
+        assert source.status()["snapshot"]["public.items"]["done"] == 7
+    assert sorted(e.after["id"] for e in events) == list(range(1, 8))  # type: ignore[index]
+    assert [len(c) for b in batches for c in b.chunks] == [3, 3, 1]
+    assert sql("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()") == [(0,)]
+    with make_source(pg_server, pg_database, snapshot="initial_only") as source:
+        assert list(source.read(batches[-1].end_position)) == [], "a finished copy is not repeated"
+
+
+def test_table_without_key_under_replica_identity_full(pg_server: PostgresServer, pg_database: str, sql: Sql) -> None:
+    sql("CREATE TABLE log (a int, b text)")
+    sql("ALTER TABLE log REPLICA IDENTITY FULL")
+    sql("INSERT INTO log VALUES (1, 'x'), (2, 'y')")
+    with make_source(pg_server, pg_database, snapshot_chunk_rows=1) as source:
+        assert source.discover()[0].primary_key == ()
+
+        def on_batch(batch: Batch) -> None:
+            if snapshot_done(batch):
+                sql("UPDATE log SET b = 'z' WHERE a = 1")
+                sql("DELETE FROM log WHERE a = 2")
+
+        events, _ = drain(source, None, lambda ev, _b: any(e.op is Op.DELETE for e in ev), on_batch=on_batch)
+    assert sorted(e.after["a"] for e in events if e.op is Op.READ) == [1, 2]  # type: ignore[index]
+    update = next(e for e in events if e.op is Op.UPDATE)
+    assert update.before == {"a": 1, "b": "x"} and update.after == {"a": 1, "b": "z"}
+    assert next(e for e in events if e.op is Op.DELETE).before == {"a": 2, "b": "y"}
