@@ -486,17 +486,23 @@ class IcebergSink(Sink[IcebergConfig]):
     def _add_events(self, events: tuple[ChangeEvent, ...], end: Position | None) -> None:
         """Buffer row changes; the hot path of streaming, so per-table state is looked up once."""
         changelog = self.config.mode == "changelog"
-        tables: dict[TableId, tuple[TableBuffer, Position | None]] = {}
+        tables: dict[TableId, list[Any]] = {}
+        last_table: TableId | None = None
+        state: list[Any] = []
         added = 0
         for event in events:
-            state = tables.get(event.table)
-            if state is None:
-                state = tables[event.table] = (self._buffer(event.table), self._mark(event.table).position)
+            if event.table is not last_table:  # consecutive events mostly share the table object
+                last_table = event.table
+                state = tables.get(last_table)  # type: ignore[assignment]
+                if state is None:
+                    state = tables[last_table] = [self._buffer(last_table), self._mark(last_table).position]
             buffer, committed = state
             if committed is not None:
                 position = event.position or end
                 if position is not None and position.kind == committed.kind and position <= committed:
                     continue  # already in Iceberg (a replay after a crash)
+                # Positions do not decrease within a batch: the rest of this table's events are new.
+                state[1] = None
             if changelog:
                 buffer.add_logged(event)
             elif event.op is Op.TRUNCATE:
