@@ -289,6 +289,21 @@ class _TableRows:
                 else:
                     lines.append(f"        row[N[{i}]] = b[o + {prefix}:o + n].decode(E[{e}])")
                 lines.append("        o += n")
+            elif c.type == _DATETIME2:
+                # 5 bytes: sign bit, year*13+month (17 bits), day (5), hour (5), minute (6), second (6)
+                nfrac, factor = _fraction(c.fsp)
+                lines.append("        p = int.from_bytes(b[o:o + 5], 'big') - 549755813888")
+                lines.append(f"        f = int.from_bytes(b[o + 5:o + {5 + nfrac}], 'big') * {factor}" if nfrac else "        f = 0")
+                lines.append(f"        o += {5 + nfrac}")
+                lines.append("        ymd = p >> 17")
+                lines.append("        ym = ymd >> 5")
+                lines.append("        mo = ym % 13")
+                lines.append("        d = ymd & 31")
+                lines.append("        if mo == 0 or d == 0:")
+                lines.append(f"            row[N[{i}]] = None")  # zero or partial date: no canonical value
+                lines.append("        else:")
+                lines.append("            h = p & 131071")
+                lines.append(f"            row[N[{i}]] = DT(ym // 13, mo, d, h >> 12, (h >> 6) & 63, h & 63, f)")
             elif fixed is not None:
                 st = struct.Struct(fixed[1] if getattr(c, "unsigned", False) else fixed[0])
                 structs.append(st.unpack_from)
@@ -297,7 +312,7 @@ class _TableRows:
             else:
                 lines.append(f"        row[N[{i}]], o = R[{i}](b, o)")
         lines.append("    return row, o")
-        namespace: dict[str, Any] = {"N": names, "R": tuple(readers), "S": tuple(structs), "E": tuple(encodings)}
+        namespace: dict[str, Any] = {"N": names, "R": tuple(readers), "S": tuple(structs), "E": tuple(encodings), "DT": dt.datetime}
         exec(compile("\n".join(lines), "<zetl row image>", "exec"), namespace)  # noqa: S102 - generated from integers only
         self.image: Callable[[bytes, int], tuple[dict[str, Any], int]] = namespace["image"]
 
