@@ -57,6 +57,7 @@ class PostgresSource(Source[PostgresConfig]):
         self._tables: list[TableInfo] = []
         self._stream: ReplicationStream | None = None
         self._closed = threading.Event()
+        self._catalog_lock = threading.Lock()  # the catalog connection: reader thread vs close()
         self._phase = "starting"
         self._progress: dict[str, dict[str, Any]] = {}
         self._lag_bytes: int | None = None
@@ -89,15 +90,29 @@ class PostgresSource(Source[PostgresConfig]):
         return [t.schema for t in self._tables]
 
     def close(self) -> None:
+        """Stop reading and release connections; safe from another thread than ``read``.
+
+        The snapshot connection may be in use by the chunk prefetch thread: its query is
+        cancelled here and the snapshot generator closes the connection itself.
+        """
         self._closed.set()
         if self._stream is not None:
             self._stream.close()
-        for conn in (self._snapshot_conn, self._conn):
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:
-                    pass
+        snapshot = self._snapshot_conn
+        if snapshot is not None:
+            try:
+                snapshot.cancel_safe(timeout=2)
+            except Exception:  # best effort: the connection may already be gone
+                pass
+        acquired = self._catalog_lock.acquire(timeout=5)
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        except Exception:
+            pass
+        finally:
+            if acquired:
+                self._catalog_lock.release()
 
     # -- reading ---------------------------------------------------------------------------
     def read(self, start: Position | None) -> Iterator[Batch]:
@@ -195,11 +210,16 @@ class PostgresSource(Source[PostgresConfig]):
         self._last_heartbeat = now
         assert self._catalog is not None
         try:
-            if due:
-                self._catalog.emit_heartbeat()
-                self._heartbeats += 1
-            self._lag_bytes = self._catalog.slot_lag_bytes(self.slot_name)
+            with self._catalog_lock:
+                if self._closed.is_set():
+                    return
+                if due:
+                    self._catalog.emit_heartbeat()
+                    self._heartbeats += 1
+                self._lag_bytes = self._catalog.slot_lag_bytes(self.slot_name)
         except SourceError as exc:
+            if self._closed.is_set():
+                return
             if not exc.retryable:
                 raise
             raise SourceConnectionError(f"lost the Postgres connection used for heartbeats: {exc.message}") from None
@@ -232,6 +252,19 @@ class PostgresSource(Source[PostgresConfig]):
         from psycopg import Error
 
         self._phase = "snapshot"
+        try:
+            yield from self._snapshot_tables(start, snapshot_name, announced)
+        finally:
+            conn, self._snapshot_conn = self._snapshot_conn, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except Error:
+                    pass
+
+    def _snapshot_tables(self, start: PostgresPosition, snapshot_name: str | None, announced: set[TableId]) -> Iterator[Batch]:
+        from psycopg import Error
+
         done = list(start.tables_done)
         step = start.step
         for info in self._tables:
@@ -266,12 +299,6 @@ class PostgresSource(Source[PostgresConfig]):
             self._progress[name] = {"done": rows, "total": rows, "finished": True}
             self.context.progress(info.table, rows, rows)
             yield Batch(schema_changes=lead, end_position=PostgresPosition("snapshot", start.lsn, tables_done=tuple(done), step=step))
-        if self._snapshot_conn is not None:
-            try:
-                self._snapshot_conn.close()
-            except Error:
-                pass
-        self._snapshot_conn = None
 
     def _initial_only(self, start: PostgresPosition | None) -> Iterator[Batch]:
         """Copy the tables once, without a slot; a resumed copy continues in a new snapshot."""
