@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import orjson
 
+from zetl.errors import SourceError
 from zetl.events import UNCHANGED, TableId
 from zetl.schema.changes import AddColumn, AlterColumnType, DropColumn, SchemaChange
 from zetl.schema.types import DataType, Field, Schema, TypeKind
@@ -46,6 +47,22 @@ _FAST_TEXT: dict[TypeKind, Callable[[str], Any]] = {
     TypeKind.DATE: dt.date.fromisoformat,
     TypeKind.UUID: uuid.UUID,
 }
+
+
+def _naming(table: TableId, column: str, fn: Decoder) -> Decoder:
+    """``fn`` raising a SourceError that names the table and column (used on the slow path only)."""
+
+    def decode(text: str) -> Any:
+        try:
+            return fn(text)
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise SourceError(
+                f"cannot read value {text[:60]!r} of column {column!r} in table {table}: {exc}. "
+                "Exclude the table or the column, or change the column's type.",
+                retryable=False,
+            ) from None
+
+    return decode
 
 
 def pg_time(micros: int) -> dt.datetime:
@@ -122,8 +139,8 @@ class RelationDecoder:
     def decode(self, buf: bytes, pos: int) -> tuple[dict[str, Any], int]:
         try:
             return self._decode(buf, pos, self.plan)
-        except (ValueError, TypeError):
-            return self._decode(buf, pos, self.safe_plan)
+        except (ValueError, TypeError, ArithmeticError):
+            return self._decode(buf, pos, tuple((name, mode, _naming(self.table, name, fn)) for name, mode, fn in self.safe_plan))
 
     def _decode(self, buf: bytes, pos: int, plan: tuple[tuple[str, int, Decoder], ...]) -> tuple[dict[str, Any], int]:
         (ncols,) = _I16(buf, pos)

@@ -16,12 +16,14 @@ reading can resume after it.
 from __future__ import annotations
 
 import csv as csv_module
+import datetime as dt
 import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-from zetl.schema.types import Schema, TypeKind
+from zetl.errors import SourceError
+from zetl.schema.types import DataType, Schema, TypeKind
 
 from .decoding import decoder_for
 
@@ -45,6 +47,13 @@ class _Column:
     arrow: Any
     csv_type: Any  # what the CSV reader produces
     convert: str  # "none", "utc", "python"
+
+
+_naive_timestamp = decoder_for(DataType(TypeKind.TIMESTAMP))
+
+
+def _utc_from_naive(text: str) -> dt.datetime:
+    return _naive_timestamp(text).replace(tzinfo=dt.timezone.utc)
 
 
 class ChunkReader:
@@ -77,6 +86,9 @@ class ChunkReader:
                 self.columns.append(_Column(f.name, target, pa.string(), "python"))
                 select.append(ident)
         self._decoders = {f.name: decoder_for(f.type) for f in schema.fields}
+        for col in self.columns:
+            if col.convert == "utc":  # selected AT TIME ZONE 'UTC': the text has no offset
+                self._decoders[col.name] = _utc_from_naive
         self._key_index = [schema.names.index(k) for k in self.key]
         self._select = sql.SQL(", ").join(select)
         self._from = sql.Identifier(schema.table.namespace, schema.table.name)
@@ -170,16 +182,44 @@ class ChunkReader:
     def parse(self, data: bytes) -> "pa.Table":
         """Postgres CSV text of this table's select list -> Arrow table of the canonical types."""
         import pyarrow as pa
-        import pyarrow.csv as csv
 
         if not data:
             return self._arrow_schema.empty_table()
-        table = csv.read_csv(
+        try:
+            table = self._read_csv(data, {c.name: c.csv_type for c in self.columns})
+            python = {c.name for c in self.columns if c.convert == "python"}
+        except pa.ArrowInvalid:
+            # A value Arrow's parsers refuse (infinity timestamps, NaN): this chunk goes through
+            # the exact per-value decoders.
+            table = self._read_csv(data, {c.name: pa.string() for c in self.columns})
+            python = {c.name for c in self.columns}
+        arrays = []
+        for i, col in enumerate(self.columns):
+            arr = table.column(i)
+            if col.name in python:
+                decode = self._decoders[col.name]
+                try:
+                    arr = pa.array([None if v is None else decode(v) for v in arr.to_pylist()], type=col.arrow)
+                except (ValueError, TypeError, ArithmeticError, pa.ArrowException) as exc:
+                    raise SourceError(
+                        f"cannot read column {col.name!r} of table {self.schema.table} as {col.arrow}: {exc}. "
+                        "Exclude the table or the column, or change the column's type.",
+                        retryable=False,
+                    ) from None
+            elif col.convert == "utc":
+                arr = arr.cast(col.arrow)
+            arrays.append(arr)
+        return pa.Table.from_arrays(arrays, schema=self._arrow_schema)
+
+    def _read_csv(self, data: bytes, types: dict[str, Any]) -> "pa.Table":
+        import pyarrow.csv as csv
+
+        return csv.read_csv(
             io.BytesIO(data),
             read_options=csv.ReadOptions(column_names=[c.name for c in self.columns], block_size=1 << 24),
             parse_options=csv.ParseOptions(newlines_in_values=True),
             convert_options=csv.ConvertOptions(
-                column_types={c.name: c.csv_type for c in self.columns},
+                column_types=types,
                 true_values=["t"],
                 false_values=["f"],
                 null_values=[""],
@@ -187,13 +227,3 @@ class ChunkReader:
                 quoted_strings_can_be_null=False,
             ),
         )
-        arrays = []
-        for i, col in enumerate(self.columns):
-            arr = table.column(i)
-            if col.convert == "utc":
-                arr = arr.cast(col.arrow)
-            elif col.convert == "python":
-                decode = self._decoders[col.name]
-                arr = pa.array([None if v is None else decode(v) for v in arr.to_pylist()], type=col.arrow)
-            arrays.append(arr)
-        return pa.Table.from_arrays(arrays, schema=self._arrow_schema)

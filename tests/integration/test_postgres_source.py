@@ -139,6 +139,22 @@ def test_snapshot_and_stream_of_every_common_type(pg_server: PostgresServer, pg_
     assert snap[2]["txt"] == "" and all(v is None for k, v in snap[2].items() if k not in ("id", "txt")), "NULL and empty string stay distinct"
 
 
+def test_infinite_dates_and_timestamps(pg_server: PostgresServer, pg_database: str, sql: Sql) -> None:
+    sql("CREATE TABLE ends (id int PRIMARY KEY, d date, ts timestamp, tstz timestamptz)")
+    sql("INSERT INTO ends VALUES (1, 'infinity', '-infinity', 'infinity'), (2, '2024-01-01', '2024-01-01 00:00:00', '2024-01-01 12:00:00+05')")
+    with make_source(pg_server, pg_database) as source:
+        def on_batch(batch: Batch) -> None:
+            if snapshot_done(batch):
+                sql("INSERT INTO ends VALUES (3, '-infinity', 'infinity', '-infinity')")
+
+        events, _ = drain(source, None, lambda ev, _b: any(e.op is Op.INSERT for e in ev), on_batch=on_batch)
+    rows = {e.after["id"]: dict(e.after) for e in events}  # type: ignore[index]
+    utc = dt.timezone.utc
+    assert rows[1] == {"id": 1, "d": dt.date.max, "ts": dt.datetime.min, "tstz": dt.datetime.max.replace(tzinfo=utc)}
+    assert rows[2]["tstz"] == dt.datetime(2024, 1, 1, 7, 0, tzinfo=utc) and rows[2]["d"] == dt.date(2024, 1, 1)
+    assert rows[3] == {"id": 3, "d": dt.date.min, "ts": dt.datetime.max, "tstz": dt.datetime.min.replace(tzinfo=utc)}
+
+
 def test_inserts_updates_deletes_truncate_stream_in_commit_order(pg_server: PostgresServer, pg_database: str, sql: Sql) -> None:
     sql("CREATE TABLE items (id int PRIMARY KEY, name text, amount numeric(12,2))")
     sql("CREATE TABLE other (id int PRIMARY KEY)")  # not selected: must not appear
