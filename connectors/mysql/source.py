@@ -290,8 +290,8 @@ class MySQLSource(Source[MySQLConfig]):
         oldest = self._binlogs[0] if getattr(self, "_binlogs", None) else "none"
         return (
             f"the checkpoint's binlog position {position} is no longer on MySQL {self.config.host}:{self.config.port}"
-            f" (oldest binlog kept: {oldest}); changes since then are lost to this integration. Reset its checkpoint to"
-            " copy the tables again (or set snapshot: when_needed to do that automatically), and keep binlogs longer"
+            f" (oldest binlog kept: {oldest}); changes since then are lost to this integration. Run `zetl reset"
+            f" {self.context.integration}` to copy the tables again (or set snapshot: when_needed to do that automatically), and keep binlogs longer"
             " (binlog_expire_logs_seconds / RDS 'binlog retention hours')"
         )
 

@@ -193,9 +193,9 @@ class BinlogAssembler:
                 if schema is None:
                     raise NeedsAttentionError(
                         f"rows of {table} arrived at {self.file}:{self.position.pos} but the table is unknown and gone from"
-                        " information_schema; re-snapshot the integration (delete its checkpoint) to recover"
+                        " information_schema; copy the tables again with `zetl reset <integration>` and a new run"
                     )
-                self._apply([CreateTable(table, schema)], into_txn=True)
+                self._apply([CreateTable(table, schema)])
                 self._ddl_tables.add(table)
             self._announce(table)
             dec = self._decoders[table] = _TableDecoder(self.schemas[table])
@@ -206,7 +206,8 @@ class BinlogAssembler:
             self._announced.add(table)
             self._txn_changes.append(CreateTable(table, self.schemas[table]))
 
-    def _apply(self, changes: Iterable[SchemaChange], *, into_txn: bool) -> None:
+    def _apply(self, changes: Iterable[SchemaChange]) -> None:
+        """Apply changes to the tracked schemas; they lead the current transaction's batch."""
         for change in changes:
             new = apply_change(self.schemas.get(change.table), change)
             if new is None:
@@ -317,7 +318,10 @@ class BinlogAssembler:
         for table in result.created:
             schema = self.reread(table) or result.created_from_statement.get(table)
             if schema is None:
-                raise NeedsAttentionError(f"table {table} was created by {query!r} but its columns cannot be read; re-snapshot the integration")
+                raise NeedsAttentionError(
+                    f"table {table} was created by {query!r} but its columns cannot be read (it is gone from information_schema);"
+                    " copy the tables again with `zetl reset <integration>` and a new run"
+                )
             if table not in self.schemas:
                 changes.append(CreateTable(table, schema))
                 self.schemas[table] = schema

@@ -324,7 +324,7 @@ def test_moving_to_the_next_binlog_file_is_not_a_reconnect() -> None:
 def test_rows_of_an_unknown_table_that_is_gone_need_attention() -> None:
     a = BinlogAssembler(mariadb=False, start=MySQLPosition("binlog.000001", 4), schemas={}, selector=TableSelection.of([]), reread=lambda t: None)
     a.feed(QueryEvent(Packet(10), query="BEGIN"))
-    with pytest.raises(NeedsAttentionError, match="re-snapshot"):
+    with pytest.raises(NeedsAttentionError, match="copy the tables again with `zetl reset"):
         a.feed(WriteRowsEvent(Packet(20), rows=[{"values": {"id": 1}}]))
 
 
