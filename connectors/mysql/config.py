@@ -19,13 +19,17 @@ class TLSConfig(SourceConfig):
     enabled: bool = True
     """Use TLS."""
     ca: str | None = None
-    """CA bundle file that signs the server certificate (e.g. the RDS global bundle)."""
+    """CA bundle file that signs the server certificate (e.g. the RDS global bundle); the
+    system's CAs when absent."""
     cert: str | None = None
     """Client certificate file, for servers that require one."""
     key: str | None = None
     """Client private key file matching ``cert``."""
+    verify: bool = True
+    """Check the server certificate against ``ca`` (or the system's CAs). Turning it off
+    encrypts without knowing who answers."""
     verify_identity: bool = True
-    """Check that the certificate names the host (only when ``ca`` is given)."""
+    """Also check that the certificate names ``host``."""
 
 
 class MySQLConfig(SourceConfig):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from zetl.errors import NotInstalledError, SourceConnectionError, SourceError
@@ -46,23 +47,23 @@ def connection_settings(config: MySQLConfig) -> dict[str, Any]:
     if tls is None and config.iam_auth:
         from zetl_connectors.mysql.config import TLSConfig
 
-        tls = TLSConfig()
+        tls = TLSConfig()  # RDS accepts IAM tokens over TLS only
     if tls is not None and tls.enabled:
-        ssl: dict[str, Any] = {}
-        if tls.ca:
-            ssl["ca"] = tls.ca
-            ssl["check_hostname"] = tls.verify_identity
-        else:
-            ssl["check_hostname"] = False
-            ssl["verify_mode"] = False
-        if tls.cert:
-            ssl["cert"] = tls.cert
-        if tls.key:
-            ssl["key"] = tls.key
-        settings["ssl"] = ssl
-        if not tls.ca:
-            settings["ssl_verify_cert"] = False
+        settings["ssl"] = _ssl_context(tls)
     return settings
+
+
+def _ssl_context(tls: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=tls.ca)
+    if tls.verify:
+        ctx.check_hostname = tls.verify_identity
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.cert:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    return ctx
 
 
 def map_error(exc: BaseException, config: MySQLConfig, doing: str) -> SourceError:

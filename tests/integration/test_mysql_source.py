@@ -438,3 +438,42 @@ def test_connection_errors_say_what_and_whether_to_retry(mariadb_server: MariaDB
     with pytest.raises(SourceConnectionError, match=r"MySQL 127\.0\.0\.1:\d+ \(connecting\)") as info2:
         nobody_home.open()
     assert info2.value.retryable
+
+
+def test_tls_with_a_verified_server_certificate(tmp_path: Any) -> None:
+    import os
+    import subprocess
+
+    server = MariaDBServer()
+    cert, key = server.dir / "cert.pem", server.dir / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    os.chmod(key, 0o644)  # read by the server's own user
+    server.settings.update({"ssl_cert": str(cert), "ssl_key": str(key), "require_secure_transport": "ON"})
+    server.start()
+    try:
+        server.sql("CREATE DATABASE sec; CREATE TABLE sec.t (id int PRIMARY KEY, v varchar(5)); INSERT INTO sec.t VALUES (1, 'a')")
+
+        def source(**tls: Any) -> MySQLSource:
+            config = MySQLConfig(port=server.port, user="zetl", password="zetl", tls=tls or None)  # type: ignore[arg-type]
+            state = server.dir / "state"
+            state.mkdir(exist_ok=True)
+            return MySQLSource(config, PluginContext(integration="tls", tables=TableSelection.of(["sec.*"]), state_dir=state))
+
+        with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            source(ca=None).open()  # verification is on: the system CAs do not know this self-signed certificate
+        inserted = threading.Event()
+
+        def insert(batch: Batch, events: list[ChangeEvent]) -> None:
+            if not inserted.is_set() and batch.end_position is not None and not batch.end_position.in_snapshot:  # type: ignore[attr-defined]
+                inserted.set()
+                server.sql("INSERT INTO sec.t VALUES (2, 'b')")
+
+        with source(ca=str(cert)) as src:
+            events, _ = collect_events(src, None, until=lambda ev: any(e.op is Op.INSERT for e in ev), on_batch=insert)
+        assert [(e.op, e.after["id"]) for e in events] == [(Op.READ, 1), (Op.INSERT, 2)]  # type: ignore[index]
+    finally:
+        server.stop()

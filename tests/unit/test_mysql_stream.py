@@ -346,3 +346,19 @@ def test_file_and_offset_positions_without_gtids_and_real_rotates() -> None:
     ]
     assert out[0].events[0].after == {"id": 1, "note": "x", "doc": {"a": 1}}
     assert out[1].events[0].op is Op.TRUNCATE
+
+
+def test_iam_auth_makes_an_rds_token_and_turns_tls_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zetl_connectors.mysql.connection import connection_settings
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    settings = connection_settings(MySQLConfig(host="db.example.com", port=3306, user="repl", iam_auth=True, region="eu-west-1"))
+    assert settings["password"].startswith("db.example.com:3306/?Action=connect&DBUser=repl")
+    assert "X-Amz-Signature=" in settings["password"]
+    import ssl
+
+    ctx = settings["ssl"]
+    assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    plain = connection_settings(MySQLConfig(password="pw"))
+    assert "ssl" not in plain and plain["password"] == "pw"
