@@ -69,12 +69,25 @@ def _read_task(iceberg_table: Any, task: Any) -> pa.Table:
     ).to_table(tasks=[task])
 
 
-def _commit(iceberg_table: Any, data: pa.Table, replaced: list[Any], properties: Mapping[str, str]) -> None:
-    from pyiceberg.io.pyarrow import _check_pyarrow_schema_compatible, _dataframe_to_data_files
+def _check_required(data: pa.Table, iceberg_table: Any, table: str) -> None:
+    """A NULL in a required column would make the table unreadable for some engines: refuse it.
+
+    (``data`` is built from the table's own schema, so types need no further check.)"""
+    for field in iceberg_table.schema().fields:
+        if field.required and field.name in data.column_names and data.column(field.name).null_count:
+            raise SinkError(
+                f"column {field.name!r} of Iceberg table {table} is required (NOT NULL or primary key) but a row has no value for it; "
+                "check the source column's nullability",
+                retryable=False,
+            )
+
+
+def _commit(iceberg_table: Any, data: pa.Table, replaced: list[Any], properties: Mapping[str, str], table: str) -> None:
+    from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
     metadata = iceberg_table.metadata
     if data.num_rows:
-        _check_pyarrow_schema_compatible(metadata.schema(), provided_schema=data.schema, format_version=metadata.format_version)
+        _check_required(data, iceberg_table, table)
     commit_uuid = uuid.uuid4()
     files = list(_dataframe_to_data_files(table_metadata=metadata, df=data, io=iceberg_table.io, write_uuid=commit_uuid, counter=itertools.count(0))) if data.num_rows else []
     txn = iceberg_table.transaction()
@@ -184,7 +197,7 @@ def commit_current(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, 
         filled = _fill_unchanged(event_part, unchanged, old, pk, table)
         new_rows = _concat([new_rows.slice(0, chunk_rows.num_rows), filled], event_table.schema)
     data = _sorted_by_key(_concat([*kept, new_rows], event_table.schema), pk)
-    _commit(iceberg_table, data.cast(schema) if data.num_rows else data, replaced, properties)
+    _commit(iceberg_table, data.cast(schema) if data.num_rows else data, replaced, properties, table)
 
 
 def _has_duplicate_keys(rows: pa.Table, primary_key: tuple[str, ...]) -> bool:
@@ -230,7 +243,7 @@ def commit_changelog(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str
     data, unchanged = rows_to_arrow(rows, schema, types, table, may_be_unchanged=buffer.has_unchanged)
     if unchanged:
         data = _fill_unchanged_from_history(iceberg_table, data, unchanged, buffer.primary_key, types, table)
-    _commit(iceberg_table, data.cast(schema) if data.num_rows else data, [], properties)
+    _commit(iceberg_table, data.cast(schema) if data.num_rows else data, [], properties, table)
 
 
 def _fill_unchanged_from_history(iceberg_table: Any, data: pa.Table, unchanged: dict[str, pa.Array], pk: tuple[str, ...], types: Mapping[str, DataType], table: str) -> pa.Table:

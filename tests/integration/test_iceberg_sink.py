@@ -333,3 +333,15 @@ def test_name_clash_and_mode_switch_are_refused(tmp_path: Path) -> None:
     with _make_factory(tmp_path / "state", mode="changelog")() as sink:
         with pytest.raises(SchemaError, match="created in mode 'current'"):
             sink.current_schema(one)
+
+
+def test_null_in_a_required_column_is_refused_with_its_name(tmp_path: Path) -> None:
+    from zetl.errors import SinkError
+
+    t = TableId("shop", "strict")
+    schema = Schema.of(t, [Field("id", T.int32), Field("name", T.string(), nullable=False)], ["id"])
+    with _make_factory(tmp_path / "state")() as sink:
+        sink.apply(CreateTable(t, schema))
+        sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 1, "name": None}, _pos(1)),), end_position=_pos(1)))
+        with pytest.raises(SinkError, match="'name'.*required"):
+            sink.flush(force=True)
