@@ -82,12 +82,14 @@ def _check_required(data: pa.Table, iceberg_table: Any, table: str) -> None:
             )
 
 
-def _commit(iceberg_table: Any, data: pa.Table, replaced: list[Any], properties: Mapping[str, str], table: str) -> None:
+def _commit(iceberg_table: Any, data: pa.Table, schema: pa.Schema, replaced: list[Any], properties: Mapping[str, str], table: str) -> None:
+    """One snapshot: ``replaced`` files out, ``data`` (rows in the table's Arrow ``schema``) in."""
     from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
     metadata = iceberg_table.metadata
     if data.num_rows:
         _check_required(data, iceberg_table, table)
+        data = data.cast(schema)
     commit_uuid = uuid.uuid4()
     files = list(_dataframe_to_data_files(table_metadata=metadata, df=data, io=iceberg_table.io, write_uuid=commit_uuid, counter=itertools.count(0))) if data.num_rows else []
     txn = iceberg_table.transaction()
@@ -197,7 +199,7 @@ def commit_current(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, 
         filled = _fill_unchanged(event_part, unchanged, old, pk, table)
         new_rows = _concat([new_rows.slice(0, chunk_rows.num_rows), filled], event_table.schema)
     data = _sorted_by_key(_concat([*kept, new_rows], event_table.schema), pk)
-    _commit(iceberg_table, data.cast(schema) if data.num_rows else data, replaced, properties, table)
+    _commit(iceberg_table, data, schema, replaced, properties, table)
 
 
 def _has_duplicate_keys(rows: pa.Table, primary_key: tuple[str, ...]) -> bool:
@@ -243,7 +245,7 @@ def commit_changelog(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str
     data, unchanged = rows_to_arrow(rows, schema, types, table, may_be_unchanged=buffer.has_unchanged)
     if unchanged:
         data = _fill_unchanged_from_history(iceberg_table, data, unchanged, buffer.primary_key, types, table)
-    _commit(iceberg_table, data.cast(schema) if data.num_rows else data, [], properties, table)
+    _commit(iceberg_table, data, schema, [], properties, table)
 
 
 def _fill_unchanged_from_history(iceberg_table: Any, data: pa.Table, unchanged: dict[str, pa.Array], pk: tuple[str, ...], types: Mapping[str, DataType], table: str) -> pa.Table:
