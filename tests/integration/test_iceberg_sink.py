@@ -342,6 +342,6 @@ def test_null_in_a_required_column_is_refused_with_its_name(tmp_path: Path) -> N
     schema = Schema.of(t, [Field("id", T.int32), Field("name", T.string(), nullable=False)], ["id"])
     with _make_factory(tmp_path / "state")() as sink:
         sink.apply(CreateTable(t, schema))
-        sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 1, "name": None}, _pos(1)),), end_position=_pos(1)))
         with pytest.raises(SinkError, match="'name'.*required"):
+            sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 1, "name": None}, _pos(1)),), end_position=_pos(1)))
             sink.flush(force=True)
