@@ -28,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from zetl.errors import SourceConnectionError, SourceError
-from zetl.events import Batch, ChangeEvent, Op, TableId
+from zetl.events import UNCHANGED, Batch, ChangeEvent, Op, TableId
 from zetl.plugin import TableSelector
 from zetl.schema.changes import AddColumn, CreateTable, DropColumn, SchemaChange
 from zetl.schema.types import DataType, Schema
@@ -276,6 +276,9 @@ class ReplicationStream:
                                 after, _ = rel.decode(buf, pos)
                                 if before is None:
                                     before = rel.key_of(after)
+                                elif marker == 79 and UNCHANGED in after.values():
+                                    # REPLICA IDENTITY FULL: the old row holds the unchanged TOAST values
+                                    after = {k: (before[k] if v is UNCHANGED else v) for k, v in after.items()}
                                 txn.append(new_event(rel.table, update, before, after, txn_position, txn_ts, txn_xid))  # type: ignore[union-attr]
                             else:
                                 marker = buf[5]
