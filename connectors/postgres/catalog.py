@@ -229,14 +229,16 @@ class Catalog:
 
     @staticmethod
     def check_identities(tables: list[TableInfo]) -> None:
-        """UPDATE/DELETE fail in Postgres on a published table with neither a key nor REPLICA IDENTITY FULL."""
-        bad = [t for t in tables if not t.schema.primary_key and t.replica_identity not in ("f", "i")]
+        """UPDATE/DELETE fail in Postgres on a published table without a replica identity: no
+        primary key under REPLICA IDENTITY DEFAULT, or REPLICA IDENTITY NOTHING."""
+        bad = [t for t in tables if t.replica_identity == "n" or (not t.schema.primary_key and t.replica_identity == "d")]
         if bad:
             names = ", ".join(str(t.table) for t in bad)
             fixes = "; ".join(f"ALTER TABLE {quote_ident(t.table.namespace)}.{quote_ident(t.table.name)} REPLICA IDENTITY FULL" for t in bad)
             raise SourceError(
-                f"table(s) without a primary key and without REPLICA IDENTITY FULL: {names}. Under a publication Postgres rejects their "
-                f"UPDATEs and DELETEs. Add a primary key, or run: {fixes}, or exclude them in `tables:`.",
+                f"table(s) without a primary key and without REPLICA IDENTITY FULL (or with REPLICA IDENTITY NOTHING): {names}. "
+                f"Under a publication Postgres rejects their UPDATEs and DELETEs. Add a primary key, or run: {fixes}, "
+                "or exclude them in `tables:`.",
                 retryable=False,
             )
 
