@@ -179,6 +179,7 @@ def drift_report(integration: Integration, *, fail_on: FailOn = "any", with_hist
         tables=config.tables.selection(),
         state_dir=state_path.parent / integration.name,
         config_file=integration.file,
+        read_only=True,
     )
     source = integration.source_class(integration.source_config, context)
     sink = integration.sink_class(integration.sink_config, context)

@@ -48,6 +48,9 @@ class PluginContext:
         logger: the integration's logger.
         progress: called by sources while snapshotting.
         config_file: the YAML file the integration came from (None in library use).
+        read_only: the caller only inspects (``zetl drift``): ``open``, ``discover`` and
+            ``current_schema`` must not create or change anything (no slot, publication,
+            namespace or table); a resource that does not exist is reported as missing.
     """
 
     integration: str = "default"
@@ -56,6 +59,7 @@ class PluginContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("zetl"))
     progress: Callable[[TableId, int, int | None], None] = _no_progress
     config_file: Path | None = None
+    read_only: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
 
 
