@@ -30,12 +30,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Figure  # noqa: E402
+from common import Figure
 
-from zetl.events import TableId  # noqa: E402
-from zetl.plugin import PluginContext  # noqa: E402
-from zetl.tables import TableSelection  # noqa: E402
-from zetl.testing.servers import MariaDBServer  # noqa: E402
+from zetl.plugin import PluginContext
+from zetl.tables import TableSelection
+from zetl.testing.servers import MariaDBServer
 
 DDL = (
     "(id INT PRIMARY KEY, big BIGINT NOT NULL, amount DECIMAL(12,2), name TEXT, code VARCHAR(32),"

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
+
+from zetl_connectors.mysql.typemap import UnknownTypeError, canonical_type
 
 from zetl.errors import SourceError
 from zetl.events import TableId
 from zetl.plugin import TableSelector
 from zetl.schema.types import Field, Schema
-
-from zetl_connectors.mysql.typemap import UnknownTypeError, canonical_type
 
 __all__ = ["SYSTEM_SCHEMAS", "is_system_schema", "quote_ident", "quote_table", "read_schemas"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from zetl_connectors.mysql.config import MySQLConfig
+
 from zetl.errors import NotInstalledError, SourceConnectionError, SourceError
 from zetl.plugin import require
-
-from zetl_connectors.mysql.config import MySQLConfig
 
 __all__ = ["connect", "connection_settings", "map_error", "pymysql"]
 

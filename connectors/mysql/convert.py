@@ -11,19 +11,19 @@ import datetime as dt
 import decimal
 import re
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
+from zetl_connectors.mysql.typemap import parse_column_type
 
 from zetl.errors import SourceError
 from zetl.schema.types import Field, TypeKind
 
-from zetl_connectors.mysql.typemap import parse_column_type
-
 __all__ = ["Converter", "set_labels", "snapshot_converter", "stream_converter"]
 
 Converter = Callable[[Any], Any]
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 _DAY = dt.timedelta(days=1)
 _LABELS = re.compile(r"'((?:[^']|'')*)'")
 

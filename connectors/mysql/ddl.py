@@ -19,7 +19,10 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
+
+from zetl_connectors.mysql.catalog import is_system_schema
+from zetl_connectors.mysql.typemap import canonical_type
 
 from zetl.errors import SchemaError
 from zetl.events import TableId
@@ -36,9 +39,6 @@ from zetl.schema.changes import (
 )
 from zetl.schema.planner import apply_change
 from zetl.schema.types import Field, Schema
-
-from zetl_connectors.mysql.catalog import is_system_schema
-from zetl_connectors.mysql.typemap import canonical_type
 
 __all__ = ["DDLResult", "interpret", "strip_comments"]
 

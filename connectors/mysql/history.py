@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from zetl_connectors.mysql.position import MySQLPosition, binlog_index
 
 from zetl.events import TableId
 from zetl.schema.types import DataType, Field, Schema
-
-from zetl_connectors.mysql.position import MySQLPosition, binlog_index
 
 __all__ = ["SchemaHistoryFile", "schema_from_json", "schema_to_json"]
 

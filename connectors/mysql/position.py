@@ -6,7 +6,8 @@ import base64
 import datetime as dt
 import decimal
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from zetl.events import Position
 
@@ -61,7 +62,7 @@ class SnapshotProgress:
     ``rows`` counts every row emitted so far (it orders snapshot positions).
     """
 
-    __slots__ = ("done", "table", "after", "rows")
+    __slots__ = ("after", "done", "rows", "table")
 
     def __init__(self, done: tuple[str, ...] = (), table: str | None = None, after: tuple[Any, ...] | None = None, rows: int = 0) -> None:
         self.done = tuple(done)
@@ -103,7 +104,7 @@ class MySQLPosition(Position):
 
     kind = "mysql"
 
-    __slots__ = ("file", "pos", "gtid", "snapshot")
+    __slots__ = ("file", "gtid", "pos", "snapshot")
 
     def __init__(self, file: str, pos: int, gtid: str | None = None, snapshot: SnapshotProgress | None = None) -> None:
         self.file = file

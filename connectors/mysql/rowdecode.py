@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["RowDecoder"]
 
 Reader = Callable[[bytes, int], tuple[Any, int]]
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 
 # MySQL field type codes (include/field_types.h)
@@ -263,7 +264,7 @@ class _TableRows:
     by index in tuples, so nothing from the server ever becomes code.
     """
 
-    __slots__ = ("names", "image")
+    __slots__ = ("image", "names")
 
     def __init__(self, names: tuple[str, ...], columns: list[Any], readers: list[Reader]) -> None:
         self.names = names

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import decimal
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
-
-from zetl.events import TableId
-from zetl.schema.types import Field, Schema, TypeKind
+from typing import Any
 
 from zetl_connectors.mysql.catalog import quote_ident, quote_table
 from zetl_connectors.mysql.convert import snapshot_converter
 from zetl_connectors.mysql.position import MySQLPosition
+
+from zetl.events import TableId
+from zetl.schema.types import Field, Schema, TypeKind
 
 __all__ = ["SnapshotChunk", "begin_consistent_snapshot", "current_position", "read_table"]
 

@@ -4,24 +4,40 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, ClassVar, Iterator
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
-from zetl.errors import NeedsAttentionError, SourceConnectionError, SourceError, ZetlError
+from zetl_connectors.mysql.catalog import read_schemas
+from zetl_connectors.mysql.config import MySQLConfig, default_server_id
+from zetl_connectors.mysql.connection import (
+    connect,
+    connection_settings,
+    map_error,
+    pymysql,
+)
+from zetl_connectors.mysql.history import SchemaHistoryFile
+from zetl_connectors.mysql.position import MySQLPosition, SnapshotProgress
+from zetl_connectors.mysql.preflight import ServerInfo, check_settings, server_info
+from zetl_connectors.mysql.rowdecode import RowDecoder
+from zetl_connectors.mysql.snapshot import (
+    begin_consistent_snapshot,
+    current_position,
+    estimate_rows,
+    read_table,
+)
+from zetl_connectors.mysql.stream import BinlogAssembler
+
+from zetl.errors import (
+    NeedsAttentionError,
+    SourceConnectionError,
+    SourceError,
+    ZetlError,
+)
 from zetl.events import Batch, Op, Position, RowChunk, TableId
 from zetl.plugin import PluginContext, require
 from zetl.schema.changes import CreateTable
 from zetl.schema.types import Schema
 from zetl.source import Source
-
-from zetl_connectors.mysql.catalog import read_schemas
-from zetl_connectors.mysql.config import MySQLConfig, default_server_id
-from zetl_connectors.mysql.connection import connect, connection_settings, map_error, pymysql
-from zetl_connectors.mysql.history import SchemaHistoryFile
-from zetl_connectors.mysql.position import MySQLPosition, SnapshotProgress
-from zetl_connectors.mysql.rowdecode import RowDecoder
-from zetl_connectors.mysql.preflight import ServerInfo, check_settings, server_info
-from zetl_connectors.mysql.snapshot import begin_consistent_snapshot, current_position, estimate_rows, read_table
-from zetl_connectors.mysql.stream import BinlogAssembler
 
 __all__ = ["MySQLSource"]
 
@@ -297,8 +313,19 @@ class MySQLSource(Source[MySQLConfig]):
 
     def _open_stream(self, start: MySQLPosition) -> Any:
         from pymysqlreplication import BinLogStreamReader
-        from pymysqlreplication.event import GtidEvent, HeartbeatLogEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
-        from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
+        from pymysqlreplication.event import (
+            GtidEvent,
+            HeartbeatLogEvent,
+            MariadbGtidEvent,
+            QueryEvent,
+            RotateEvent,
+            XidEvent,
+        )
+        from pymysqlreplication.row_event import (
+            DeleteRowsEvent,
+            UpdateRowsEvent,
+            WriteRowsEvent,
+        )
 
         settings = connection_settings(self.config)
         settings.pop("autocommit", None)

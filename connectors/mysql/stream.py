@@ -18,14 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import Any, Callable, Iterable
-
-from zetl.errors import NeedsAttentionError, SourceConnectionError
-from zetl.events import Batch, ChangeEvent, Op, TableId
-from zetl.plugin import TableSelector
-from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, DropColumn, DropTable, MakeColumnNullable, SchemaChange
-from zetl.schema.planner import apply_change
-from zetl.schema.types import Schema
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from zetl_connectors.mysql.catalog import is_system_schema
 from zetl_connectors.mysql.convert import Converter, stream_converter
@@ -34,9 +28,24 @@ from zetl_connectors.mysql.gtid import MariaDBGtidState, MySQLGtidSet
 from zetl_connectors.mysql.position import MySQLPosition
 from zetl_connectors.mysql.rowdecode import RowDecoder
 
+from zetl.errors import NeedsAttentionError, SourceConnectionError
+from zetl.events import Batch, ChangeEvent, Op, TableId
+from zetl.plugin import TableSelector
+from zetl.schema.changes import (
+    AddColumn,
+    AlterColumnType,
+    CreateTable,
+    DropColumn,
+    DropTable,
+    MakeColumnNullable,
+    SchemaChange,
+)
+from zetl.schema.planner import apply_change
+from zetl.schema.types import Schema
+
 __all__ = ["BinlogAssembler", "diff_schemas"]
 
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 _ROW_OPS = {"WriteRowsEvent": Op.INSERT, "UpdateRowsEvent": Op.UPDATE, "DeleteRowsEvent": Op.DELETE}
 
 
@@ -73,7 +82,7 @@ def diff_schemas(old: Schema | None, new: Schema | None, table: TableId) -> list
 class _TableDecoder:
     """Turns one table's row dicts into canonical rows of its current schema."""
 
-    __slots__ = ("schema", "names", "name_set", "converters", "needed", "warned")
+    __slots__ = ("converters", "name_set", "names", "needed", "schema", "warned")
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
@@ -294,10 +303,10 @@ class BinlogAssembler:
     def _query(self, event: Any) -> list[Batch]:
         query = event.query if isinstance(event.query, str) else event.query.decode("utf-8", "replace")
         head = query.lstrip()[:16].upper()
-        if head.startswith("BEGIN") or head.startswith("XA START") or head.startswith("XA END") or head.startswith("XA PREPARE"):
+        if head.startswith(("BEGIN", "XA START", "XA END", "XA PREPARE")):
             self._in_txn = True
             return []
-        if head.startswith("COMMIT") or head.startswith("XA COMMIT"):
+        if head.startswith(("COMMIT", "XA COMMIT")):
             return self._commit(event)
         if head.startswith("ROLLBACK"):
             # Only non-transactional changes are ever logged before a ROLLBACK, and they happened.
@@ -378,9 +387,7 @@ class BinlogAssembler:
         self._txn_changes = []
         self._txn_gtid = None
         self._in_txn = False
-        if self._pending_changes or len(self._pending_events) >= self.max_batch_rows:
-            out.extend(self._flush())
-        elif time.monotonic() - self._pending_since >= self.max_batch_delay:
+        if self._pending_changes or len(self._pending_events) >= self.max_batch_rows or time.monotonic() - self._pending_since >= self.max_batch_delay:
             out.extend(self._flush())
         return out
 

@@ -10,11 +10,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-
-from zetl.errors import NeedsAttentionError, SourceConnectionError
-from zetl.events import Op, Position, TableId
-from zetl.schema.types import Field, Schema
-from zetl.tables import TableSelection
 from zetl_connectors.mysql.config import MySQLConfig, default_server_id
 from zetl_connectors.mysql.ddl import interpret, strip_comments
 from zetl_connectors.mysql.gtid import MariaDBGtidState, MySQLGtidSet
@@ -22,6 +17,11 @@ from zetl_connectors.mysql.position import MySQLPosition, SnapshotProgress
 from zetl_connectors.mysql.preflight import ServerInfo, check_settings
 from zetl_connectors.mysql.stream import BinlogAssembler, diff_schemas
 from zetl_connectors.mysql.typemap import canonical_type
+
+from zetl.errors import NeedsAttentionError, SourceConnectionError
+from zetl.events import Op, Position, TableId
+from zetl.schema.types import Field, Schema
+from zetl.tables import TableSelection
 
 SHOP = TableId("shop", "orders")
 UUID = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
@@ -280,7 +280,7 @@ def test_mysql8_stream_gives_whole_transactions_with_gtid_positions() -> None:
         ([], [("INSERT", {}, {"id": 3, "qty": Decimal(18446744073709551615), "note": "c", "doc": {"n": 1}}, f"{UUID}:14")], f"binlog.000007:1681 gtid={UUID}:1-15"),
     ]
     assert batches[0].events[0].position == MySQLPosition("binlog.000007", 531)
-    assert batches[0].events[0].commit_ts == dt.datetime.fromtimestamp(1_700_000_000, dt.timezone.utc)
+    assert batches[0].events[0].commit_ts == dt.datetime.fromtimestamp(1_700_000_000, dt.UTC)
     assert a.recorded == [(f"binlog.000007:1100 gtid={UUID}:1-13", {"shop.orders": "table shop.orders (primary key: id)\n  id: int32 not null  -- int(11)\n  qty: decimal(20,0)  -- bigint unsigned\n  note: string(10)  -- varchar(10)\n  doc: json  -- json"})]  # type: ignore[attr-defined]
     # idle: nothing new, then an empty batch each tick
     assert [b.is_empty and b.end_position is None for b in a.tick()] == [True]

@@ -6,12 +6,16 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-
 from golden_util import Case, check, params
+from zetl_connectors.mysql.convert import (
+    set_labels,
+    snapshot_converter,
+    stream_converter,
+)
+from zetl_connectors.mysql.typemap import UnknownTypeError, canonical_type
+
 from zetl.errors import SourceError
 from zetl.schema.types import DataType, Field
-from zetl_connectors.mysql.convert import set_labels, snapshot_converter, stream_converter
-from zetl_connectors.mysql.typemap import UnknownTypeError, canonical_type
 
 
 @params("mysql_typemap.txt", 2)
@@ -40,7 +44,7 @@ def test_both_decoders_agree_on_the_types_they_disagree_about() -> None:
         ("bit(64)", b"\xff" * 8, "1" * 64, Decimal(2**64 - 1)),
         ("set('x','y','z')", "x,z", {"z", "x"}, "x,z"),
         ("time(2)", dt.timedelta(hours=23, minutes=59, seconds=59, microseconds=990000), dt.timedelta(hours=23, minutes=59, seconds=59, microseconds=990000), dt.time(23, 59, 59, 990000)),
-        ("timestamp(3)", dt.datetime(2024, 1, 1, 12, 0, 0, 250000), dt.datetime(2024, 1, 1, 12, 0, 0, 250000), dt.datetime(2024, 1, 1, 12, 0, 0, 250000, tzinfo=dt.timezone.utc)),
+        ("timestamp(3)", dt.datetime(2024, 1, 1, 12, 0, 0, 250000), dt.datetime(2024, 1, 1, 12, 0, 0, 250000), dt.datetime(2024, 1, 1, 12, 0, 0, 250000, tzinfo=dt.UTC)),
         ("bigint(20) unsigned", 18446744073709551615, 18446744073709551615, Decimal(18446744073709551615)),
         ("datetime", "0000-00-00 00:00:00", None, None),
         ("varbinary(4)", b"\x00\xff", "\x00\xff", b"\x00\xff"),
