@@ -106,6 +106,10 @@ class MySQLSource(Source[MySQLConfig]):
         problems = check_settings(self._info, self.config.min_binlog_retention)
         if problems:
             lines = "\n".join(f"  - {p}" for p in problems)
+            if getattr(self.context, "read_only", False):
+                # inspection only reads schemas: say what change capture would need, and go on
+                self.log.warning("MySQL %s:%d is not ready for change capture:\n%s", self.config.host, self.config.port, lines)
+                return
             raise SourceError(
                 f"MySQL {self.config.host}:{self.config.port} is not ready for change capture:\n{lines}", retryable=False
             )
