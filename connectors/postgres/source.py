@@ -146,11 +146,13 @@ class PostgresSource(Source[PostgresConfig]):
             yield from self._snapshot(PostgresPosition("snapshot", lsn), snapshot_name, announced)
             yield from self._stream_from(lsn, announced)
             return
-        if catalog.slot(self.slot_name) is None:
+        slot = catalog.slot(self.slot_name)
+        if slot is None or slot["wal_status"] == "lost":
+            what = "no longer exists" if slot is None else "has lost WAL it needed (max_slot_wal_keep_size was exceeded)"
             raise NeedsAttentionError(
-                f"replication slot {self.slot_name!r} no longer exists, so the changes since {start} cannot be read. "
-                "To copy the tables again, delete this integration's checkpoint (zetl reset) and restart; "
-                "set `slot_name` if the slot was renamed."
+                f"replication slot {self.slot_name!r} {what}, so the changes since {start} cannot be read. "
+                f"To copy the tables again, drop the slot if it is still there, delete this integration's checkpoint "
+                f"(zetl reset {self.context.integration}) and restart; set `slot_name` if the slot was renamed."
             )
         if start.in_snapshot:
             self.log.info("resuming the snapshot at %s with a new transaction snapshot; the stream then replays from %s", start, format_lsn(start.lsn))

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 import psycopg
 import pytest
 
-from zetl.errors import SourceConnectionError, SourceError
+from zetl.errors import NeedsAttentionError, SourceConnectionError, SourceError
 from zetl.events import UNCHANGED, Batch, ChangeEvent, Op, TableId
 from zetl.plugin import PluginContext
 from zetl.schema.changes import AddColumn, CreateTable, DropColumn
@@ -322,6 +322,21 @@ def test_lost_connection_raises_retryable_error_and_resume_works(pg_server: Post
     with make_source(pg_server, pg_database, snapshot="never") as again:
         events, _ = drain(again, last[-1], lambda ev, _b: any(e.op is Op.INSERT for e in ev))
     assert stream_ops(events) == [("INSERT", 2)]
+
+
+def test_missing_slot_needs_attention(pg_server: PostgresServer, pg_database: str, sql: Sql) -> None:
+    sql("CREATE TABLE items (id int PRIMARY KEY)")
+    with make_source(pg_server, pg_database, snapshot="never") as source:
+        _, batches = drain(source, None, lambda _e, b: len(b) >= 1)
+        slot = source.slot_name
+    deadline = time.monotonic() + 10  # the server may need a moment to notice the closed connection
+    while sql("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)):
+        sql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active", (slot,))
+        assert time.monotonic() < deadline, "the slot stayed active"
+        time.sleep(0.05)
+    with make_source(pg_server, pg_database, snapshot="never") as source:
+        with pytest.raises(NeedsAttentionError, match=f"slot '{slot}' no longer exists.*zetl reset"):
+            next(iter(source.read(batches[0].end_position)))
 
 
 def test_preflight_errors_are_clear(pg_server: PostgresServer, pg_database: str, sql: Sql) -> None:
