@@ -100,7 +100,7 @@ def main() -> int:
         print(f"unknown workload(s): {', '.join(unknown)}; present: {', '.join(p.stem for p in sorted(BENCH.glob('*.py')) if p.stem in WORKLOADS)}", file=sys.stderr)
         return 2
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    result: dict[str, Any] = {"date": started, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) or "bench/run.py", "machine": machine(), "workloads": {}}
+    result: dict[str, Any] = {"date": started, "command": " ".join(["python bench/run.py", *sys.argv[1:]]), "machine": machine(), "workloads": {}}
     failed = False
     for name in names:
         print(f"=== {name}: {WORKLOADS.get(name, '')}", flush=True)
