@@ -271,49 +271,55 @@ class _TableRows:
         nbytes = (len(names) + 7) // 8
         structs: list[Any] = []
         encodings: list[str | None] = []
-        lines = ["def image(b, o):", f"    nulls = b[o:o + {nbytes}]", f"    o += {nbytes}", "    row = {}"]
-        for i, (c, _) in enumerate(zip(columns, readers)):
-            lines.append(f"    if nulls[{i >> 3}] & {1 << (i & 7)}:")
-            lines.append(f"        row[N[{i}]] = None")
-            lines.append("    else:")
+
+        def value(i: int, c: Any, target: str, pad: str) -> list[str]:
+            """Code that reads column ``i`` at ``o`` into ``target`` and moves ``o`` past it."""
             fixed = _FIXED.get(c.type)
             prefix = _string_prefix(c)
             if prefix is not None:
                 encodings.append(_encoding(c))
                 e = len(encodings) - 1
-                if prefix == 1:
-                    lines.append("        n = b[o] + 1")
-                else:
-                    lines.append(f"        n = int.from_bytes(b[o:o + {prefix}], 'little') + {prefix}")
-                if encodings[e] is None:
-                    lines.append(f"        row[N[{i}]] = b[o + {prefix}:o + n]")
-                else:
-                    lines.append(f"        row[N[{i}]] = b[o + {prefix}:o + n].decode(E[{e}])")
-                lines.append("        o += n")
-            elif c.type == _DATETIME2:
+                head = "n = b[o] + 1" if prefix == 1 else f"n = int.from_bytes(b[o:o + {prefix}], 'little') + {prefix}"
+                read = f"b[o + {prefix}:o + n]" if encodings[e] is None else f"b[o + {prefix}:o + n].decode(E[{e}])"
+                return [pad + head, f"{pad}{target} = {read}", pad + "o += n"]
+            if c.type == _DATETIME2:
                 # 5 bytes: sign bit, year*13+month (17 bits), day (5), hour (5), minute (6), second (6)
                 nfrac, factor = _fraction(c.fsp)
-                lines.append("        p = int.from_bytes(b[o:o + 5], 'big') - 549755813888")
-                lines.append(f"        f = int.from_bytes(b[o + 5:o + {5 + nfrac}], 'big') * {factor}" if nfrac else "        f = 0")
-                lines.append(f"        o += {5 + nfrac}")
-                lines.append("        ymd = p >> 17")
-                lines.append("        ym = ymd >> 5")
-                lines.append("        mo = ym % 13")
-                lines.append("        d = ymd & 31")
-                lines.append("        if mo == 0 or d == 0:")
-                lines.append(f"            row[N[{i}]] = None")  # zero or partial date: no canonical value
-                lines.append("        else:")
-                lines.append("            h = p & 131071")
-                lines.append(f"            row[N[{i}]] = DT(ym // 13, mo, d, h >> 12, (h >> 6) & 63, h & 63, f)")
-            elif fixed is not None:
+                return [
+                    pad + "p = int.from_bytes(b[o:o + 5], 'big') - 549755813888",
+                    pad + (f"f = int.from_bytes(b[o + 5:o + {5 + nfrac}], 'big') * {factor}" if nfrac else "f = 0"),
+                    pad + f"o += {5 + nfrac}",
+                    pad + "ymd = p >> 17",
+                    pad + "ym = ymd >> 5",
+                    pad + "mo = ym % 13",
+                    pad + "d = ymd & 31",
+                    pad + "if mo == 0 or d == 0:",
+                    f"{pad}    {target} = None",  # zero or partial date: no canonical value
+                    pad + "else:",
+                    pad + "    h = p & 131071",
+                    f"{pad}    {target} = DT(ym // 13, mo, d, h >> 12, (h >> 6) & 63, h & 63, f)",
+                ]
+            if fixed is not None:
                 st = struct.Struct(fixed[1] if getattr(c, "unsigned", False) else fixed[0])
                 structs.append(st.unpack_from)
-                lines.append(f"        row[N[{i}]] = S[{len(structs) - 1}](b, o)[0]")
-                lines.append(f"        o += {st.size}")
-            else:
-                lines.append(f"        row[N[{i}]], o = R[{i}](b, o)")
+                return [f"{pad}{target} = S[{len(structs) - 1}](b, o)[0]", f"{pad}o += {st.size}"]
+            return [f"{pad}{target}, o = R[{i}](b, o)"]
+
+        lines = ["def image(b, o):", f"    nulls = b[o:o + {nbytes}]", f"    o += {nbytes}"]
+        # Rows without NULLs (the usual case): straight-line code and one dict display.
+        lines.append(f"    if nulls == {bytes(nbytes)!r}:")
+        for i, c in enumerate(columns):
+            lines += value(i, c, f"v{i}", "        ")
+        lines.append("        return {" + ", ".join(f"N{i}: v{i}" for i in range(len(columns))) + "}, o")
+        lines.append("    row = {}")
+        for i, c in enumerate(columns):
+            lines.append(f"    if nulls[{i >> 3}] & {1 << (i & 7)}:")
+            lines.append(f"        row[N{i}] = None")
+            lines.append("    else:")
+            lines += value(i, c, f"row[N{i}]", "        ")
         lines.append("    return row, o")
-        namespace: dict[str, Any] = {"N": names, "R": tuple(readers), "S": tuple(structs), "E": tuple(encodings), "DT": dt.datetime}
+        namespace: dict[str, Any] = {"R": tuple(readers), "S": tuple(structs), "E": tuple(encodings), "DT": dt.datetime}
+        namespace.update({f"N{i}": name for i, name in enumerate(names)})  # names are values, never code
         exec(compile("\n".join(lines), "<zetl row image>", "exec"), namespace)  # noqa: S102 - generated from integers only
         self.image: Callable[[bytes, int], tuple[dict[str, Any], int]] = namespace["image"]
 
