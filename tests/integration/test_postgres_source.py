@@ -459,3 +459,25 @@ def test_table_without_key_under_replica_identity_full(pg_server: PostgresServer
     update = next(e for e in events if e.op is Op.UPDATE)
     assert update.before == {"a": 1, "b": "x"} and update.after == {"a": 1, "b": "z"}
     assert next(e for e in events if e.op is Op.DELETE).before == {"a": 2, "b": "y"}
+
+
+def test_publication_follows_the_selection_and_progress_is_reported(pg_server: PostgresServer, pg_database: str, sql: Sql) -> None:
+    sql("CREATE TABLE a (id int PRIMARY KEY)")
+    sql("CREATE TABLE b (id int PRIMARY KEY)")
+    sql("INSERT INTO a SELECT generate_series(1, 5)")
+
+    def published() -> set[str]:
+        return {r[0] for r in sql("SELECT tablename FROM pg_publication_tables WHERE pubname = %s", (f"zetl_{pg_database}"[:63],))}
+
+    with make_source(pg_server, pg_database, tables=["public.a"]):
+        pass
+    assert published() == {"a"}
+    progress: list[tuple[str, int, int | None]] = []
+    config = PostgresConfig(host=pg_server.host, port=pg_server.port, database=pg_database, user="postgres", snapshot_chunk_rows=2)
+    context = PluginContext(integration=pg_database, tables=TableSelection.of(["public.*"]), progress=lambda t, d, n: progress.append((str(t), d, n)))
+    with PostgresSource(config, context) as source:
+        assert published() == {"a", "b"}, "the publication is brought in line with the selection"
+        drain(source, None, lambda _e, b: any(snapshot_done(x) and x.end_position.tables_done == ("public.a", "public.b") for x in b))  # type: ignore[union-attr]
+        assert source.status()["snapshot"]["public.a"] == {"done": 5, "total": 5, "finished": True}
+    assert [p for p in progress if p[0] == "public.a"][-1] == ("public.a", 5, 5)
+    assert [d for t, d, _ in progress if t == "public.a"] == [0, 2, 4, 5, 5]
