@@ -20,7 +20,7 @@ from zetl_connectors.mysql.typemap import parse_column_type
 from zetl.errors import SourceError
 from zetl.schema.types import Field, TypeKind
 
-__all__ = ["Converter", "set_labels", "snapshot_converter", "stream_converter"]
+__all__ = ["Converter", "set_labels", "snapshot_converter", "stream_converter", "zetl_row_converter"]
 
 Converter = Callable[[Any], Any]
 _UTC = dt.UTC
@@ -173,4 +173,13 @@ def stream_converter(field: Field, where: str) -> Converter | None:
     """For a value as pymysqlreplication decodes it from a row event; None when no change is needed."""
     if _base(field) == "year":
         return _year
+    return _common(field, where)
+
+
+def zetl_row_converter(field: Field, where: str) -> Converter | None:
+    """For a value as ``rowdecode`` decodes it: dates, timestamps (UTC-aware), binary, set and
+    year values are canonical already."""
+    kind = field.type.kind
+    if kind in (TypeKind.DATE, TypeKind.TIMESTAMP, TypeKind.TIMESTAMPTZ, TypeKind.BINARY) or _base(field) in ("set", "year"):
+        return None
     return _common(field, where)

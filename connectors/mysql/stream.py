@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from zetl_connectors.mysql.catalog import is_system_schema
-from zetl_connectors.mysql.convert import Converter, stream_converter
+from zetl_connectors.mysql.convert import Converter, stream_converter, zetl_row_converter
 from zetl_connectors.mysql.ddl import interpret
 from zetl_connectors.mysql.gtid import MariaDBGtidState, MySQLGtidSet
 from zetl_connectors.mysql.position import MySQLPosition
@@ -82,7 +82,7 @@ def diff_schemas(old: Schema | None, new: Schema | None, table: TableId) -> list
 class _TableDecoder:
     """Turns one table's row dicts into canonical rows of its current schema."""
 
-    __slots__ = ("converters", "name_set", "names", "needed", "schema", "warned")
+    __slots__ = ("converters", "name_set", "names", "needed", "needed_zetl", "schema", "warned")
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
@@ -92,7 +92,19 @@ class _TableDecoder:
             (f.name, stream_converter(f, f"table {schema.table}, column {f.name}")) for f in schema.fields
         ]
         self.needed = [(n, c) for n, c in self.converters if c is not None]
+        zetl_converters = [(f.name, zetl_row_converter(f, f"table {schema.table}, column {f.name}")) for f in schema.fields]
+        self.needed_zetl = [(n, c) for n, c in zetl_converters if c is not None]
         self.warned = False
+
+    def zetl_row(self, values: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
+        """Like ``row`` for a dict decoded by ``rowdecode`` (fewer values need converting)."""
+        if values.keys() == self.name_set:
+            for name, conv in self.needed_zetl:
+                v = values[name]
+                if v is not None:
+                    values[name] = conv(v)
+            return values
+        return self.row(values, log)
 
     def row(self, values: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
         """The row in the schema's columns with canonical values. ``values`` is the decoder's own
@@ -282,7 +294,7 @@ class BinlogAssembler:
         rows = self._txn_rows
         fast = self.row_decoder.rows(event, op is Op.UPDATE) if self.row_decoder is not None else None
         if fast is not None:
-            row = dec.row
+            row = dec.zetl_row
             if op is Op.INSERT:
                 rows.extend((table, op, None, row(v, log), ts) for v in fast)
             elif op is Op.DELETE:
