@@ -131,13 +131,9 @@ class TableBuffer:
 
     def event_rows(self) -> tuple[list[Mapping[str, Any]], list[tuple[Any, ...]]]:
         """The rows to write and the keys to remove (current-state mode)."""
-        rows: list[Mapping[str, Any]] = []
-        gone: list[tuple[Any, ...]] = []
-        for key, row in self.changes.items():
-            if row is None:
-                gone.append(key)
-            else:
-                rows.append(row)
+        changes = self.changes
+        rows = [row for row in changes.values() if row is not None]
+        gone = [key for key, row in changes.items() if row is None] if len(rows) != len(changes) else []
         return rows, gone
 
     @staticmethod

@@ -568,24 +568,26 @@ class IcebergSink(Sink[IcebergConfig]):
         iceberg_table = self._table_or_fail(table)
         properties = summary_properties(self.context.integration, position, round_tables)
         name = self._ident_text(table)
+        from zetl_sinks.iceberg.writer import commit_changelog, commit_current
+
+        commit = commit_changelog if self.config.mode == "changelog" else commit_current
         try:
-            if self.config.mode == "changelog":
-                from zetl_sinks.iceberg.writer import commit_changelog
-
-                commit_changelog(iceberg_table, buffer, self._canonical_types(iceberg_table), properties, name)
-            else:
-                from zetl_sinks.iceberg.writer import commit_current
-
-                commit_current(iceberg_table, buffer, self._canonical_types(iceberg_table), properties, name)
+            committed = commit(iceberg_table, buffer, self._canonical_types(iceberg_table), properties, name)
         except (SinkError, SchemaError):
+            self._tables.pop(table, None)
             raise
         except CommitFailedException as exc:
+            self._tables.pop(table, None)
             raise SinkConnectionError(f"commit to Iceberg table {name} was refused ({exc}); another writer changed it, the commit is retried", retryable=True) from exc
         except OSError as exc:
+            self._tables.pop(table, None)
             raise SinkConnectionError(f"cannot write Iceberg table {name}: {exc}", retryable=True) from exc
         except Exception as exc:
+            self._tables.pop(table, None)
             raise SinkError(f"cannot commit to Iceberg table {name}: {type(exc).__name__}: {exc}", retryable=False) from exc
-        finally:
+        if committed is not None:
+            self._tables[table] = committed  # the committed metadata: no reload from the catalog
+        else:
             self._tables.pop(table, None)
         self._marks[table] = TableMark(name, position, tuple(round_tables), None)
 

@@ -82,8 +82,9 @@ def _check_required(data: pa.Table, iceberg_table: Any, table: str) -> None:
             )
 
 
-def _commit(iceberg_table: Any, data: pa.Table, schema: pa.Schema, replaced: list[Any], properties: Mapping[str, str], table: str) -> None:
-    """One snapshot: ``replaced`` files out, ``data`` (rows in the table's Arrow ``schema``) in."""
+def _commit(iceberg_table: Any, data: pa.Table, schema: pa.Schema, replaced: list[Any], properties: Mapping[str, str], table: str) -> Any:
+    """One snapshot: ``replaced`` files out, ``data`` (rows in the table's Arrow ``schema``) in.
+    Returns the table as committed."""
     from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
     metadata = iceberg_table.metadata
@@ -104,7 +105,7 @@ def _commit(iceberg_table: Any, data: pa.Table, schema: pa.Schema, replaced: lis
         with producer.fast_append() as append:
             for data_file in files:
                 append.append_data_file(data_file)
-    txn.commit_transaction()
+    return txn.commit_transaction()
 
 
 def _storage(column: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -150,8 +151,9 @@ def _fill_unchanged(new_rows: pa.Table, unchanged: dict[str, pa.Array], old_rows
     return pa.Table.from_arrays(columns, schema=new_rows.schema)
 
 
-def commit_current(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, DataType], properties: Mapping[str, str], table: str) -> None:
-    """Apply the buffer so that the table holds exactly the last version of each buffered key."""
+def commit_current(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, DataType], properties: Mapping[str, str], table: str) -> Any:
+    """Apply the buffer so that the table holds exactly the last version of each buffered key;
+    returns the table as committed."""
     schema = _arrow_schema(iceberg_table)
     pk = buffer.primary_key
     rows, gone = buffer.event_rows()
@@ -199,7 +201,7 @@ def commit_current(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, 
         filled = _fill_unchanged(event_part, unchanged, old, pk, table)
         new_rows = _concat([new_rows.slice(0, chunk_rows.num_rows), filled], event_table.schema)
     data = _sorted_by_key(_concat([*kept, new_rows], event_table.schema), pk)
-    _commit(iceberg_table, data, schema, replaced, properties, table)
+    return _commit(iceberg_table, data, schema, replaced, properties, table)
 
 
 def _has_duplicate_keys(rows: pa.Table, primary_key: tuple[str, ...]) -> bool:
@@ -232,8 +234,9 @@ def _sorted_by_key(data: pa.Table, primary_key: tuple[str, ...]) -> pa.Table:
         return data
 
 
-def commit_changelog(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, DataType], properties: Mapping[str, str], table: str) -> None:
-    """Append every buffered change with ``_op``, ``_position`` and ``_commit_ts``."""
+def commit_changelog(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, DataType], properties: Mapping[str, str], table: str) -> Any:
+    """Append every buffered change with ``_op``, ``_position`` and ``_commit_ts``; returns the
+    table as committed."""
     schema = _arrow_schema(iceberg_table)
     rows = []
     for change in buffer.log:
@@ -245,7 +248,7 @@ def commit_changelog(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str
     data, unchanged = rows_to_arrow(rows, schema, types, table, may_be_unchanged=buffer.has_unchanged)
     if unchanged:
         data = _fill_unchanged_from_history(iceberg_table, data, unchanged, buffer.primary_key, types, table)
-    _commit(iceberg_table, data, schema, [], properties, table)
+    return _commit(iceberg_table, data, schema, [], properties, table)
 
 
 def _fill_unchanged_from_history(iceberg_table: Any, data: pa.Table, unchanged: dict[str, pa.Array], pk: tuple[str, ...], types: Mapping[str, DataType], table: str) -> pa.Table:
