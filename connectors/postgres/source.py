@@ -84,7 +84,8 @@ class PostgresSource(Source[PostgresConfig]):
             )
         if self._replicates:
             self._catalog.check_identities(self._tables)
-            self._catalog.ensure_publication(self.publication_name, self._tables)
+            if not self.context.read_only:  # inspection (zetl drift) creates nothing
+                self._catalog.ensure_publication(self.publication_name, self._tables)
 
     def discover(self) -> list[Schema]:
         return [t.schema for t in self._tables]

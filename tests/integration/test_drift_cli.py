@@ -137,3 +137,16 @@ def test_row_filter_syntax_error_points_into_the_yaml(tmp_path: Path) -> None:
         ]
     else:
         raise AssertionError("the invalid row filter was accepted")
+
+
+def test_drift_creates_nothing_in_the_source(pg_server, pg_database, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pg_server.psql("CREATE TABLE public.t (id int PRIMARY KEY, v text)", pg_database)
+    config = tmp_path / "ro.yaml"
+    config.write_text(
+        f"name: ro\nsource: {{type: postgres, host: 127.0.0.1, port: {pg_server.port}, database: {pg_database}, user: postgres}}\n"
+        "sink: {type: file, path: t.db}\ncheckpoint: {path: state.db}\n"
+    )
+    code, output = drift(config)
+    assert code == 1, output
+    assert pg_server.psql("SELECT count(*) FROM pg_publication", pg_database) == "0"
+    assert pg_server.psql(f"SELECT count(*) FROM pg_replication_slots WHERE database = '{pg_database}'") == "0"
