@@ -168,7 +168,7 @@ def chunk_to_arrow(rows: pa.Table | pa.RecordBatch, schema: pa.Schema, types: Ma
 
 def _key_part(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     ctype = column.type
-    if isinstance(ctype, pa.ExtensionType):
+    if isinstance(ctype, pa.BaseExtensionType):
         column = column.cast(ctype.storage_type) if not isinstance(column, pa.ChunkedArray) else pa.chunked_array([c.storage for c in column.chunks], type=ctype.storage_type)
         ctype = ctype.storage_type
     if pa.types.is_fixed_size_binary(ctype) or pa.types.is_binary(ctype) or pa.types.is_large_binary(ctype):

@@ -45,7 +45,7 @@ def _prefilter(iceberg_table: Any, keys_table: pa.Table, primary_key: tuple[str,
         return AlwaysTrue()
     first = primary_key[0]
     column = keys_table.column(first)
-    if isinstance(column.type, pa.ExtensionType):
+    if isinstance(column.type, pa.BaseExtensionType):
         return AlwaysTrue()  # uuid: no cheap literal form; every file is checked
     try:
         if keys_table.num_rows <= 200:
@@ -118,7 +118,7 @@ def _if_else(mask: pa.Array, when_true: pa.Array | pa.ChunkedArray, otherwise: p
     """``pc.if_else`` that also works on extension columns (uuid), through their storage."""
     kind = otherwise.type
     chosen = pc.if_else(mask, _storage(when_true), _storage(otherwise))
-    if isinstance(kind, pa.ExtensionType):
+    if isinstance(kind, pa.BaseExtensionType):
         return pa.ExtensionArray.from_storage(kind, chosen)
     return chosen
 
@@ -127,6 +127,12 @@ def _fill_unchanged(new_rows: pa.Table, unchanged: dict[str, pa.Array], old_rows
     """Replace the UNCHANGED placeholders of ``new_rows`` with the values of ``old_rows`` (same key)."""
     if not unchanged:
         return new_rows
+    if not primary_key:
+        raise SinkError(
+            f"a change to Iceberg table {table} leaves a value unchanged, but the table has no primary key to find the previous value by; "
+            "set REPLICA IDENTITY FULL on the source table",
+            retryable=False,
+        )
     index: dict[bytes, int] = {}
     for i, k in enumerate(key_strings(old_rows, primary_key).to_pylist()):
         index[k] = i  # later rows (newer) win
@@ -206,7 +212,7 @@ def commit_current(iceberg_table: Any, buffer: TableBuffer, types: Mapping[str, 
 
 def _has_duplicate_keys(rows: pa.Table, primary_key: tuple[str, ...]) -> bool:
     column = rows.column(primary_key[0]) if len(primary_key) == 1 else None
-    if column is not None and not isinstance(column.type, pa.ExtensionType):
+    if column is not None and not isinstance(column.type, pa.BaseExtensionType):
         return bool(pc.count_distinct(column).as_py() != rows.num_rows)
     return bool(pc.count_distinct(key_strings(rows, primary_key)).as_py() != rows.num_rows)
 
@@ -216,7 +222,7 @@ def _is_sorted(rows: pa.Table, primary_key: tuple[str, ...]) -> bool:
     if len(primary_key) != 1:
         return False
     column = rows.column(primary_key[0])
-    if isinstance(column.type, pa.ExtensionType):
+    if isinstance(column.type, pa.BaseExtensionType):
         return False
     return bool(pc.all(pc.less(column.slice(0, len(column) - 1), column.slice(1))).as_py())
 

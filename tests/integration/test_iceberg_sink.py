@@ -345,3 +345,35 @@ def test_null_in_a_required_column_is_refused_with_its_name(tmp_path: Path) -> N
         with pytest.raises(SinkError, match="'name'.*required"):
             sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 1, "name": None}, _pos(1)),), end_position=_pos(1)))
             sink.flush(force=True)
+
+
+KEY_TYPES = {
+    "int16": (T.int16, lambda i: i),
+    "string": (T.string(), lambda i: f"k{i:04d}"),
+    "decimal": (T.decimal(10, 2), lambda i: Decimal(i) / 4),
+    "date": (T.date, lambda i: dt.date(2020, 1, 1) + dt.timedelta(days=i)),
+    "timestamptz": (T.timestamptz, lambda i: dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=i)),
+    "uuid": (T.uuid, lambda i: uuid.UUID(int=i)),
+    "binary": (T.binary, lambda i: b"k%d" % i),
+}
+
+
+@pytest.mark.parametrize("key_type", sorted(KEY_TYPES))
+def test_updates_find_their_rows_for_every_key_type(tmp_path: Path, duck: Any, key_type: str) -> None:
+    """Few keys (IN filter) and many keys (min/max range filter) per commit, for each key type."""
+    dtype, key = KEY_TYPES[key_type]
+    t = TableId("s", f"keys_{key_type}")
+    factory = _make_factory(tmp_path / "state")
+    with factory() as sink:
+        sink.apply(CreateTable(t, Schema.of(t, [Field("k", dtype), Field("v", T.int32)], ["k"])))
+        n = 300
+        sink.write(Batch(events=tuple(ChangeEvent.insert(t, {"k": key(i), "v": 0}, _pos(i + 1)) for i in range(n)), end_position=_pos(n)))
+        sink.flush(force=True)
+        for count, version, first in ((5, 1, 1000), (n, 2, 2000)):
+            events = tuple(ChangeEvent.update(t, {"k": key(i)}, {"k": key(i), "v": version}, _pos(first + i)) for i in range(count))
+            sink.write(Batch(events=events, end_position=events[-1].position))
+            sink.flush(force=True)
+        sink.write(Batch(events=(ChangeEvent.delete(t, {"k": key(7)}, _pos(5000)),), end_position=_pos(5000)))
+        sink.flush(force=True)
+    rows = _reader(factory, duck)(t)
+    assert len(rows) == n - 1 and {r["v"] for r in rows} == {2}
