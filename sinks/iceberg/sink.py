@@ -35,6 +35,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -61,6 +62,9 @@ PRIMARY_KEY_PROPERTY = "zetl.primary-key"
 SOURCE_TABLE_PROPERTY = "zetl.source-table"
 MODE_PROPERTY = "zetl.mode"
 CHANGELOG_COLUMNS = ("_op", "_position", "_commit_ts")
+_SECRET_WORDS = ("password", "secret", "token", "key", "credential")
+_URI_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+
 KILL_ENV = "ZETL_ICEBERG_KILL_AT"
 """Crash tests only: ``after-commit:N`` SIGKILLs the process right after its N-th commit round
 (Iceberg committed, checkpoint not yet saved); ``mid-round:N`` after the first table of its N-th
@@ -115,10 +119,20 @@ class IcebergSink(Sink[IcebergConfig]):
             self._catalog.create_namespace_if_not_exists(self._namespace)
         except Exception as exc:
             kind = properties.get("type", "?")
-            raise SinkConnectionError(
+            message = (
                 f"cannot open the Iceberg catalog '{self.config.catalog_name}' (type {kind}) or its namespace '{self.config.namespace}': "
-                f"{type(exc).__name__}: {exc}. Check the sink's 'catalog' settings."
-            ) from exc
+                f"{type(exc).__name__}: {self._redact(str(exc))}. Check the sink's 'catalog' settings."
+            )
+            if isinstance(exc, (ValueError, TypeError, KeyError, ImportError)):
+                raise SinkError(message, retryable=False) from None  # a wrong setting: retrying cannot help
+            raise SinkConnectionError(message) from None
+
+    def _redact(self, text: str) -> str:
+        """``text`` without the catalog's secret values (drivers quote URIs and keys in errors)."""
+        for key, value in (self.config.catalog or {}).items():
+            if isinstance(value, str) and len(value) >= 4 and any(w in key.lower() for w in _SECRET_WORDS):
+                text = text.replace(value, "***")
+        return _URI_PASSWORD.sub(r"\1***@", text)
 
     def close(self) -> None:
         self._catalog = None

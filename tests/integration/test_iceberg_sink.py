@@ -377,3 +377,19 @@ def test_updates_find_their_rows_for_every_key_type(tmp_path: Path, duck: Any, k
         sink.flush(force=True)
     rows = _reader(factory, duck)(t)
     assert len(rows) == n - 1 and {r["v"] for r in rows} == {2}
+
+
+def test_catalog_errors_are_clear_and_keep_secrets_out(tmp_path: Path) -> None:
+    from zetl.errors import SinkConnectionError, SinkError
+
+    wrong = IcebergSink(IcebergConfig(catalog={"type": "no-such-catalog"}), PluginContext(integration="it", state_dir=tmp_path))
+    with pytest.raises(SinkError) as info:
+        wrong.open()
+    assert not info.value.retryable and "no-such-catalog" in info.value.message and "'catalog' settings" in info.value.message
+    unreachable = IcebergSink(
+        IcebergConfig(catalog={"type": "sql", "uri": "postgresql+psycopg://zetl:hunter2secret@127.0.0.1:1/cat", "warehouse": tmp_path.as_uri()}),
+        PluginContext(integration="it", state_dir=tmp_path),
+    )
+    with pytest.raises(SinkError) as info:
+        unreachable.open()
+    assert "hunter2secret" not in info.value.message and "cannot open the Iceberg catalog" in info.value.message
