@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Figure  # noqa: E402
 from zetl.config.load import load_integration  # noqa: E402
-from zetl.events import TableId  # noqa: E402
 from zetl.runner import IntegrationRunner  # noqa: E402
 from zetl.testing.servers import PG_BIN, PostgresServer  # noqa: E402
 

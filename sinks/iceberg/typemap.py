@@ -22,14 +22,14 @@ columns the property does not describe.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from zetl.schema.types import DataType, Field, T, TypeKind
 
 if TYPE_CHECKING:
     from pyiceberg.types import IcebergType
 
-__all__ = ["CANONICAL_TO_ICEBERG", "MAX_DECIMAL_PRECISION", "from_iceberg", "stored_as_text", "to_iceberg"]
+__all__ = ["CANONICAL_TO_ICEBERG", "MAX_DECIMAL_PRECISION", "describe", "from_iceberg", "same_storage", "stored_as_text", "to_iceberg"]
 
 MAX_DECIMAL_PRECISION = 38
 
@@ -156,17 +156,3 @@ def describe(dtype: DataType) -> tuple[str, str]:
     counter = iter(range(100, 10_000))
     itype = to_iceberg(dtype, lambda: next(counter))
     return _shape(itype), str(from_iceberg(itype))
-
-
-def golden_lines() -> Iterator[str]:
-    """One line per canonical example type: ``canonical -> iceberg -> canonical read back``."""
-    examples = [
-        T.boolean, T.int16, T.int32, T.int64, T.float32, T.float64, T.decimal(12, 2), T.decimal(38, 10),
-        T.decimal(50, 5), T.string(), T.string(32), T.binary, T.date, T.time, T.timestamp, T.timestamptz,
-        T.uuid, T.json, T.list_(T.int32), T.list_(T.string()),
-        T.struct([Field("a", T.int64), Field("b", T.list_(T.decimal(10, 3)))]),
-    ]
-    counter = iter(range(100, 10_000))
-    for dtype in examples:
-        itype = to_iceberg(dtype, lambda: next(counter))
-        yield f"{dtype} -> {_shape(itype)} -> {from_iceberg(itype)}"

@@ -380,7 +380,7 @@ def test_updates_find_their_rows_for_every_key_type(tmp_path: Path, duck: Any, k
 
 
 def test_catalog_errors_are_clear_and_keep_secrets_out(tmp_path: Path) -> None:
-    from zetl.errors import SinkConnectionError, SinkError
+    from zetl.errors import SinkError
 
     wrong = IcebergSink(IcebergConfig(catalog={"type": "no-such-catalog"}), PluginContext(integration="it", state_dir=tmp_path))
     with pytest.raises(SinkError) as info:
