@@ -46,7 +46,7 @@ import orjson
 from zetl.errors import SchemaError, SinkConnectionError, SinkError
 from zetl.events import Batch, ChangeEvent, Op, Position, RowChunk, TableId
 from zetl.plugin import PluginContext, require
-from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, MakeColumnNullable, SchemaChange
+from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, DropColumn, MakeColumnNullable, RenameColumn, SchemaChange
 from zetl.schema.types import DataType, Field, Schema, TypeKind
 from zetl.sink import Sink, SinkCapabilities
 
@@ -77,7 +77,7 @@ class IcebergSink(Sink[IcebergConfig]):
     name = "iceberg"
     config_class = IcebergConfig
     capabilities = SinkCapabilities(
-        schema_changes=frozenset({"create.table", "add.column", "alter.column.type", "alter.column.nullability"}),
+        schema_changes=frozenset({"create.table", "add.column", "alter.column.type", "alter.column.nullability", "drop.column", "rename.column"}),
         stores_checkpoint=True,
         nested_types=True,
         identifier_case="preserve",
@@ -256,7 +256,36 @@ class IcebergSink(Sink[IcebergConfig]):
         if isinstance(change, MakeColumnNullable):
             schema = self.current_schema(change.table) if self._catalog is not None else None
             return schema is None or change.column not in schema.primary_key
+        if isinstance(change, (DropColumn, RenameColumn)):
+            return self._column_change_problem(change) is None
         return False
+
+    def _column_change_problem(self, change: DropColumn | RenameColumn) -> str | None:
+        """Why a drop or rename cannot be applied (None: it can, or it is already in effect)."""
+        column = change.column if isinstance(change, DropColumn) else change.old_name
+        if column in CHANGELOG_COLUMNS or (isinstance(change, RenameColumn) and change.new_name in CHANGELOG_COLUMNS):
+            return f"{CHANGELOG_COLUMNS} are the changelog's own columns"
+        if self._catalog is None:
+            return None
+        iceberg_table = self._load(change.table)
+        if iceberg_table is None:
+            return "the table does not exist"
+        schema = self.current_schema(change.table)
+        assert schema is not None
+        if isinstance(change, RenameColumn):
+            if change.old_name not in schema and change.new_name in schema:
+                return None  # already renamed
+            if change.new_name in schema:
+                return f"column {change.new_name!r} exists already"
+            return None if change.old_name in schema else f"no column {change.old_name!r}"
+        if column not in schema:
+            return None  # already dropped
+        if column in schema.primary_key:
+            return "it is part of the primary key (the table's identifier fields)"
+        field_id = iceberg_table.schema().find_field(column).field_id
+        if any(f.source_id == field_id for f in iceberg_table.spec().fields):
+            return "the table is partitioned by it"
+        return None
 
     def _widening_problem(self, change: AlterColumnType) -> str | None:
         """Why Iceberg cannot make this type change (None: it can)."""
@@ -300,6 +329,8 @@ class IcebergSink(Sink[IcebergConfig]):
                 self._alter_type(change)
             elif isinstance(change, MakeColumnNullable):
                 self._make_nullable(change)
+            elif isinstance(change, (DropColumn, RenameColumn)):
+                self._drop_or_rename(change)
             else:
                 column = getattr(change, "column", None) or getattr(change, "old_name", None)
                 raise SchemaError(
@@ -435,6 +466,31 @@ class IcebergSink(Sink[IcebergConfig]):
                 with txn.update_schema() as update:
                     update.update_column(change.column, field_type=new_type)
             self._record_types(txn, iceberg_table, {change.column: change.new_type})
+
+    def _drop_or_rename(self, change: DropColumn | RenameColumn) -> None:
+        """Metadata-only in Iceberg (columns are tracked by field id; data files stay as they are)."""
+        column = change.column if isinstance(change, DropColumn) else change.old_name
+        problem = self._column_change_problem(change)
+        if problem is not None:
+            raise SchemaError(f"cannot {change} in Iceberg table {self._ident_text(change.table)}: {problem}", table=str(change.table), column=column)
+        iceberg_table = self._table_or_fail(change.table)
+        if not _has_field(iceberg_table, column):
+            return  # idempotent: already dropped or renamed
+        recorded = {name: str(t) for name, t in self._recorded_types(iceberg_table).items()}
+        primary_key = list(orjson.loads(iceberg_table.metadata.properties.get(PRIMARY_KEY_PROPERTY, "[]")))
+        with iceberg_table.transaction() as txn:
+            with txn.update_schema() as update:
+                if isinstance(change, DropColumn):
+                    update.delete_column(column)
+                else:
+                    update.rename_column(column, change.new_name)
+            if isinstance(change, RenameColumn):
+                if column in recorded:
+                    recorded[change.new_name] = recorded.pop(column)
+                primary_key = [change.new_name if c == column else c for c in primary_key]
+            else:
+                recorded.pop(column, None)
+            txn.set_properties({TYPES_PROPERTY: orjson.dumps(recorded).decode(), PRIMARY_KEY_PROPERTY: orjson.dumps(primary_key).decode()})
 
     def _make_nullable(self, change: MakeColumnNullable) -> None:
         iceberg_table = self._table_or_fail(change.table)

@@ -207,8 +207,8 @@ def test_schema_changes_add_widen_and_refusals(tmp_path: Path, duck: Any) -> Non
             AlterColumnType(t, "qty", T.int32, T.int64),
             AlterColumnType(t, "price", T.decimal(20, 4), T.decimal(20, 2)),
             AlterColumnType(t, "ratio", T.string(), T.float64),
-            DropColumn(t, "qty"),
-            RenameColumn(t, "qty", "quantity"),
+            DropColumn(t, "id"),
+            RenameColumn(t, "qty", "price"),
         ]
         for change in refused:
             assert not sink.can_apply(change), change
@@ -217,7 +217,7 @@ def test_schema_changes_add_widen_and_refusals(tmp_path: Path, duck: Any) -> Non
         assert info.value.column == "price" and "scale" in info.value.message and "shop" in info.value.message
         with pytest.raises(SchemaError) as info:
             sink.apply(refused[3])
-        assert info.value.column == "qty"
+        assert info.value.column == "id" and "primary key" in info.value.message
         got_schema = sink.current_schema(t)
         assert got_schema is not None
         assert [(f.name, str(f.type)) for f in got_schema] == [("id", "int32"), ("note", "json"), ("qty", "int64"), ("ratio", "float64"), ("price", "decimal(20,2)")]
@@ -393,3 +393,28 @@ def test_catalog_errors_are_clear_and_keep_secrets_out(tmp_path: Path) -> None:
     with pytest.raises(SinkError) as info:
         unreachable.open()
     assert "hunter2secret" not in info.value.message and "cannot open the Iceberg catalog" in info.value.message
+
+
+def test_drop_and_rename_columns(tmp_path: Path, duck: Any) -> None:
+    factory = _make_factory(tmp_path / "state", tables={"shop.*": {"partition_by": ["region"]}})
+    t = TableId("shop", "people")
+    schema = Schema.of(t, [Field("id", T.int32), Field("region", T.string()), Field("nick", T.string()), Field("doc", T.json), Field("age", T.int16)], ["id"])
+    with factory() as sink:
+        sink.apply(CreateTable(t, schema))
+        sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 1, "region": "eu", "nick": "a", "doc": {"x": 1}, "age": 30}, _pos(1)),), end_position=_pos(1)))
+        sink.flush(force=True)
+        assert not sink.can_apply(DropColumn(t, "region")), "a partition source column cannot be dropped"
+        changes = [DropColumn(t, "nick"), RenameColumn(t, "doc", "details"), RenameColumn(t, "id", "person_id")]
+        for change in changes:
+            assert sink.can_apply(change), change
+            sink.apply(change)
+            sink.apply(change)  # idempotent
+        got_schema = sink.current_schema(t)
+        assert got_schema is not None
+        assert [(f.name, str(f.type)) for f in got_schema] == [("person_id", "int32"), ("region", "string"), ("details", "json"), ("age", "int16")]
+        assert got_schema.primary_key == ("person_id",)
+        sink.write(Batch(events=(ChangeEvent.insert(t, {"person_id": 2, "region": "us", "details": {"y": 2}, "age": 40}, _pos(2)),), end_position=_pos(2)))
+        sink.write(Batch(events=(ChangeEvent.update(t, {"person_id": 1}, {"person_id": 1, "region": "eu", "details": {"x": 9}, "age": 31}, _pos(3)),), end_position=_pos(3)))
+        sink.flush(force=True)
+    got = {r["person_id"]: r for r in _reader(factory, duck)(t)}
+    assert got == {1: {"person_id": 1, "region": "eu", "details": '{"x":9}', "age": 31}, 2: {"person_id": 2, "region": "us", "details": '{"y":2}', "age": 40}}
