@@ -25,6 +25,13 @@ Measured (BENCHMARKS.md, 500k-row table, one commit each): 100k new keys 0.33 s 
 own ``Table.upsert`` of the same 100k updates 12.8 s. A commit costs about the same for 1 or
 10 000 changes of a table, hence one commit per ``commit_interval`` rather than per batch.
 
+Schema changes (pyiceberg ``UpdateSchema``, metadata only): add column (always optional: Iceberg
+cannot add a required column to existing rows), widen int -> long, float -> double, decimal
+precision (same scale), make nullable, drop column (not a key or partition column), rename
+column. ``can_apply`` answers per change; anything else raises ``SchemaError`` naming the table
+and column. Canonical types Iceberg cannot express (json, int16, string(n)) are recorded in the
+table property ``zetl.column-types`` so that ``current_schema`` reports them as created.
+
 Exactly once: every snapshot carries the integration name and the source position in its summary
 (see ``positions``); ``stored_position`` reads them back and each table ignores replayed changes at
 or before its own stored position. Tables are written only by zetl (no delete files expected).
