@@ -655,13 +655,13 @@ class IcebergSink(Sink[IcebergConfig]):
             raise
         except CommitFailedException as exc:
             self._tables.pop(table, None)
-            raise SinkConnectionError(f"commit to Iceberg table {name} was refused ({exc}); another writer changed it, the commit is retried", retryable=True) from exc
+            raise SinkConnectionError(f"commit to Iceberg table {name} was refused ({self._redact(str(exc))}); another writer changed it, the commit is retried", retryable=True) from exc
         except OSError as exc:
             self._tables.pop(table, None)
-            raise SinkConnectionError(f"cannot write Iceberg table {name}: {exc}", retryable=True) from exc
+            raise SinkConnectionError(f"cannot write Iceberg table {name}: {self._redact(str(exc))}", retryable=True) from exc
         except Exception as exc:
             self._tables.pop(table, None)
-            raise SinkError(f"cannot commit to Iceberg table {name}: {type(exc).__name__}: {exc}", retryable=False) from exc
+            raise SinkError(f"cannot commit to Iceberg table {name}: {type(exc).__name__}: {self._redact(str(exc))}", retryable=False) from exc
         if committed is not None:
             self._tables[table] = committed  # the committed metadata: no reload from the catalog
         else:
