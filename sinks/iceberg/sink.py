@@ -123,7 +123,8 @@ class IcebergSink(Sink[IcebergConfig]):
         properties = self._catalog_properties()
         try:
             self._catalog = catalog_module.load_catalog(self.config.catalog_name, **properties)
-            self._catalog.create_namespace_if_not_exists(self._namespace)
+            if not self.context.read_only:  # inspection (zetl drift) creates nothing
+                self._catalog.create_namespace_if_not_exists(self._namespace)
         except Exception as exc:
             kind = properties.get("type", "?")
             message = (
@@ -456,9 +457,10 @@ class IcebergSink(Sink[IcebergConfig]):
         with iceberg_table.transaction() as txn:
             with txn.update_schema() as update:
                 # Iceberg cannot add a required column to a table that has rows: always optional.
-                update.add_column(change.field.name, to_iceberg(change.field.type, _never_called), doc=change.field.doc)
+                # A one-element path: a column name may contain dots (flattened keys such as doc.city).
+                update.add_column((change.field.name,), to_iceberg(change.field.type, _never_called), doc=change.field.doc)
                 if change.after and _has_field(iceberg_table, change.after):
-                    update.move_after(change.field.name, change.after)
+                    update.move_after((change.field.name,), change.after)
             self._record_types(txn, iceberg_table, {change.field.name: change.field.type})
 
     def _alter_type(self, change: AlterColumnType) -> None:
@@ -471,7 +473,7 @@ class IcebergSink(Sink[IcebergConfig]):
         with iceberg_table.transaction() as txn:
             if current.field_type != new_type:
                 with txn.update_schema() as update:
-                    update.update_column(change.column, field_type=new_type)
+                    update.update_column((change.column,), field_type=new_type)
             self._record_types(txn, iceberg_table, {change.column: change.new_type})
 
     def _drop_or_rename(self, change: DropColumn | RenameColumn) -> None:
@@ -488,9 +490,9 @@ class IcebergSink(Sink[IcebergConfig]):
         with iceberg_table.transaction() as txn:
             with txn.update_schema() as update:
                 if isinstance(change, DropColumn):
-                    update.delete_column(column)
+                    update.delete_column((column,))
                 else:
-                    update.rename_column(column, change.new_name)
+                    update.rename_column((column,), change.new_name)
             if isinstance(change, RenameColumn):
                 if column in recorded:
                     recorded[change.new_name] = recorded.pop(column)
@@ -507,7 +509,7 @@ class IcebergSink(Sink[IcebergConfig]):
         if not field.required:
             return
         with iceberg_table.update_schema() as update:
-            update.update_column(change.column, required=False)
+            update.update_column((change.column,), required=False)
 
     # -- writing ------------------------------------------------------------------------------
     def _mark(self, table: TableId) -> TableMark:

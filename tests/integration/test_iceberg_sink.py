@@ -418,3 +418,22 @@ def test_drop_and_rename_columns(tmp_path: Path, duck: Any) -> None:
         sink.flush(force=True)
     got = {r["person_id"]: r for r in _reader(factory, duck)(t)}
     assert got == {1: {"person_id": 1, "region": "eu", "details": '{"x":9}', "age": 31}, 2: {"person_id": 2, "region": "us", "details": '{"y":2}', "age": 40}}
+
+
+def test_dotted_column_names_from_flattening(tmp_path: Path, duck: Any) -> None:
+    # Flattened json keys are named like `doc.city`: one top-level column, not a nested path.
+    factory = _make_factory(tmp_path / "state")
+    t = TableId("shop", "flat")
+    with factory() as sink:
+        sink.apply(CreateTable(t, Schema.of(t, [Field("id", T.int64), Field("doc.city", T.string())], ["id"])))
+        sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 1, "doc.city": "Lyon"}, _pos(1)),), end_position=_pos(1)))
+        for change in (AddColumn(t, Field("doc.zip", T.int32), "doc.city"), AlterColumnType(t, "doc.zip", T.int64, T.int32), RenameColumn(t, "doc.zip", "doc.postcode")):
+            assert sink.can_apply(change), change
+            sink.apply(change)
+            sink.apply(change)  # idempotent
+        got_schema = sink.current_schema(t)
+        assert got_schema is not None and [(f.name, str(f.type)) for f in got_schema] == [("id", "int64"), ("doc.city", "string"), ("doc.postcode", "int64")]
+        sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 2, "doc.city": "Oslo", "doc.postcode": 150}, _pos(2)),), end_position=_pos(2)))
+        assert sink.flush(force=True) == _pos(2)
+    got = {r["id"]: r for r in _reader(factory, duck)(t)}
+    assert got == {1: {"id": 1, "doc.city": "Lyon", "doc.postcode": None}, 2: {"id": 2, "doc.city": "Oslo", "doc.postcode": 150}}
