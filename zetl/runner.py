@@ -88,6 +88,7 @@ class IntegrationRunner:
         self._last_status_save = 0.0
         self._source: Source | None = None
         self._sink: Sink | None = None
+        self._last_durable: Position | None = None
 
     # -- status ---------------------------------------------------------------------------
     def _set_state(self, state: State, error: str | None = None) -> None:
@@ -184,6 +185,7 @@ class IntegrationRunner:
             sink.open()
             source.open()
             start = self._start_position(sink)
+            self._last_durable = start
             self.log.info("starting from %s", start if start is not None else "the beginning")
             pipeline = SchemaPipeline(self.config, sink, self.history, self.log)
             pipeline.prepare(source.discover(), start)
@@ -302,6 +304,9 @@ class IntegrationRunner:
     def _durable(self, position: Position | None, source: Source) -> None:
         if position is None:
             return
+        if self._last_durable is not None and position.kind == self._last_durable.kind and position <= self._last_durable:
+            return  # nothing new: a checkpoint never moves backwards
+        self._last_durable = position
         self.checkpoints.save(self.name, position)
         self.status.position = str(position)
         try:

@@ -161,3 +161,16 @@ def test_status_is_readable_while_running(tmp_path: Path) -> None:
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_checkpoint_never_moves_backwards(tmp_path: Path) -> None:
+    # A sink that reports an older durable position (e.g. a commit of earlier data) must not
+    # rewind the checkpoint.
+    class Rewinding(MemorySink):
+        def flush(self, force: bool = False) -> Position | None:
+            return SequencePosition("stream", 1)
+
+    it = integration(tmp_path, "name: r9\nsource: {type: memory, snapshot_rows: 5, stream_events: 50}\nsink: {type: memory}")
+    it = Integration(it.config, it.file, it.source_class, it.source_config, Rewinding, it.sink_config)
+    assert IntegrationRunner(it).run() is State.STOPPED
+    assert SQLiteCheckpointStore(tmp_path / "state.db").load("r9") == SequencePosition("stream", 50)
