@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -388,35 +389,50 @@ class MySQLSource(Source[MySQLConfig]):
         self.log.info("streaming the binlog from %s (server id %d)", start, self.server_id)
         driver = pymysql()
         last_yield = time.monotonic()
-        while not self._closed.is_set():
-            try:
-                event = stream.fetchone()
-            except driver.err.OperationalError as exc:
-                code = exc.args[0] if exc.args else None
-                if code in _PURGED_CODES:
-                    text = exc.args[1] if len(exc.args) > 1 else str(exc)
-                    raise _BinlogGone(f"{self._purged_message(assembler.position)} (server: {text})") from exc
-                raise map_error(exc, self.config, "reading the binlog") from exc
-            except (driver.err.InterfaceError, OSError, AttributeError) as exc:
-                if self._closed.is_set():
-                    return
-                raise SourceConnectionError(f"MySQL {self.config.host}:{self.config.port}: binlog connection lost: {exc}") from exc
-            if event is None:
-                raise SourceConnectionError(f"MySQL {self.config.host}:{self.config.port}: the server ended the binlog stream")
-            if type(event).__name__ == "HeartbeatLogEvent":
-                assembler.last_event_ts = time.time()  # caught up: the server has nothing more
-            elif getattr(event, "timestamp", 0):
-                assembler.last_event_ts = float(event.timestamp)
-            batches = assembler.feed(event)
-            if assembler.table_maps_dirty:
-                stream.table_map = {}
-                if assembler.row_decoder is not None:
-                    assembler.row_decoder.clear()
-                assembler.table_maps_dirty = False
-            if not batches and time.monotonic() - last_yield >= 1.0:
-                batches = assembler.tick()
-            for batch in batches:
-                if batch.end_position is not None:
-                    self._last_position = batch.end_position  # type: ignore[assignment]
-                last_yield = time.monotonic()
-                yield batch
+        # The cyclic garbage collector would run every few hundred decoded rows (each row is a
+        # dict, each event a tracked object) and cost ~15% of the reading time; nothing built
+        # here forms cycles, so collection is paused while one batch is read and decoded (at most
+        # max_batch_rows events) and resumed whenever a batch is handed out, on errors and on close.
+        gc_paused = gc.isenabled()
+        if gc_paused:
+            gc.disable()
+        try:
+            while not self._closed.is_set():
+                try:
+                    event = stream.fetchone()
+                except driver.err.OperationalError as exc:
+                    code = exc.args[0] if exc.args else None
+                    if code in _PURGED_CODES:
+                        text = exc.args[1] if len(exc.args) > 1 else str(exc)
+                        raise _BinlogGone(f"{self._purged_message(assembler.position)} (server: {text})") from exc
+                    raise map_error(exc, self.config, "reading the binlog") from exc
+                except (driver.err.InterfaceError, OSError, AttributeError) as exc:
+                    if self._closed.is_set():
+                        return
+                    raise SourceConnectionError(f"MySQL {self.config.host}:{self.config.port}: binlog connection lost: {exc}") from exc
+                if event is None:
+                    raise SourceConnectionError(f"MySQL {self.config.host}:{self.config.port}: the server ended the binlog stream")
+                if type(event).__name__ == "HeartbeatLogEvent":
+                    assembler.last_event_ts = time.time()  # caught up: the server has nothing more
+                elif getattr(event, "timestamp", 0):
+                    assembler.last_event_ts = float(event.timestamp)
+                batches = assembler.feed(event)
+                if assembler.table_maps_dirty:
+                    stream.table_map = {}
+                    if assembler.row_decoder is not None:
+                        assembler.row_decoder.clear()
+                    assembler.table_maps_dirty = False
+                if not batches and time.monotonic() - last_yield >= 1.0:
+                    batches = assembler.tick()
+                for batch in batches:
+                    if batch.end_position is not None:
+                        self._last_position = batch.end_position  # type: ignore[assignment]
+                    last_yield = time.monotonic()
+                    if gc_paused:
+                        gc.enable()
+                    yield batch
+                    if gc_paused:
+                        gc.disable()
+        finally:
+            if gc_paused:
+                gc.enable()
