@@ -214,6 +214,8 @@ class SchemaPipeline:
         in ``rows_filtered_out``."""
         if batch.schema_changes:
             self._source_changes(batch)
+        if not batch.chunks and not self._flattens and not self.config.filters.tables and self._passes_through(batch.events):
+            return batch
         if self.config.filters.tables:
             events = [e for e in (self._event(e, batch.end_position) for e in batch.events) if e is not None]
             chunks = [c for c in (self._chunk(c) for c in batch.chunks) if c is not None]
@@ -230,6 +232,51 @@ class SchemaPipeline:
         ):
             return batch
         return replace(batch, events=tuple(events), chunks=tuple(chunks))
+
+    def _passes_through(self, events: tuple[ChangeEvent, ...]) -> bool:
+        """Whether every event would come out of filtering and reshaping as the same object.
+
+        Only called when no filter and no flattening is configured. True when, for every event:
+        it is not a TRUNCATE (the policy may skip those), its table has no column map and is not
+        known to be missing from the target, and its ``after`` row (when there is one) already
+        holds every column of the target. That is exactly the case where ``_event`` and
+        ``_reshape`` return the event itself, so the batch may be returned unchanged; otherwise
+        the caller takes the general path, which gives the same result event by event.
+
+        The streaming hot path: the per-table decision is taken once per run of consecutive
+        events of one table object (the usual case: a decoder reuses its ``TableId``), and the
+        per-event work is two identity checks and one C-level key-set comparison.
+        """
+        truncate = Op.TRUNCATE
+        last_table: TableId | None = None
+        names: frozenset[str] | None = None
+        for event in events:
+            table = event.table
+            if table is not last_table:
+                last_table = table
+                names = self._pass_through_names(table)
+                if names is None:
+                    return False
+            if event.op is truncate:
+                return False
+            after = event.after
+            if after is not None and names and not after.keys() >= names:  # type: ignore[operator]
+                return False
+        return True
+
+    def _pass_through_names(self, table: TableId) -> frozenset[str] | None:
+        """The target columns every row of ``table`` must hold to pass through unchanged (empty:
+        the target's shape is not known, rows are never padded), or None when rows of the table
+        are reshaped or dropped. Derived from the current plan on every call (a dict lookup or
+        two, and the cached name set), so it follows schema changes without invalidation."""
+        if self.column_maps.get(table):
+            return None
+        if table not in self.target_schemas:
+            return frozenset()
+        target = self.target_schemas[table]
+        if target is None:
+            return None
+        return self._names(table, target)
 
     def _source_changes(self, batch: Batch) -> None:
         by_table: dict[TableId, list[SchemaChange]] = {}
