@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import datetime as dt
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from decimal import Decimal
 from typing import Any
 
 __all__ = ["RowDecoder"]
 
 Reader = Callable[[bytes, int], tuple[Any, int]]
+Converter = Callable[[Any], Any]
+ImageFn = Callable[[bytes, int], tuple[dict[str, Any], int]]
 _UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 
@@ -248,6 +251,10 @@ _FIXED = {  # type code -> (struct format signed, unsigned); read inline by the 
 }
 
 
+# types whose inline or generated reading never gives None (the others may: zero dates)
+_NEVER_NONE = frozenset((*_FIXED, _NEWDECIMAL, _VARCHAR, _VAR_STRING, _STRING, _BLOB))
+
+
 def _string_prefix(c: Any) -> int | None:
     """Bytes of the length prefix of a string/blob column (read inline), None for other types."""
     if c.type in (_VARCHAR, _VAR_STRING, _STRING):
@@ -264,10 +271,28 @@ class _TableRows:
     by index in tuples, so nothing from the server ever becomes code.
     """
 
-    __slots__ = ("image", "names")
+    __slots__ = ("_columns", "_converted", "_readers", "image", "names")
 
     def __init__(self, names: tuple[str, ...], columns: list[Any], readers: list[Reader]) -> None:
         self.names = names
+        self._columns = list(columns)
+        self._readers = tuple(readers)
+        # generated images that also convert values, by the identity of their converters
+        self._converted: dict[tuple[int, ...], tuple[tuple[Converter | None, ...], ImageFn]] = {}
+        self.image: ImageFn = self._generate((None,) * len(names))
+
+    def converting(self, converters: tuple[Converter | None, ...]) -> ImageFn:
+        """The image function that also applies ``converters[i]`` to every non-NULL value of
+        column ``i`` (generated once per set of converter objects)."""
+        key = tuple(map(id, converters))
+        cached = self._converted.get(key)
+        if cached is None:
+            # the converters are kept with their ids so that an id is never reused meanwhile
+            cached = self._converted[key] = (converters, self._generate(converters))
+        return cached[1]
+
+    def _generate(self, converters: tuple[Converter | None, ...]) -> ImageFn:
+        names, columns, readers = self.names, self._columns, self._readers
         nbytes = (len(names) + 7) // 8
         structs: list[Any] = []
         encodings: list[str | None] = []
@@ -279,7 +304,12 @@ class _TableRows:
             if prefix is not None:
                 encodings.append(_encoding(c))
                 e = len(encodings) - 1
-                head = "n = b[o] + 1" if prefix == 1 else f"n = int.from_bytes(b[o:o + {prefix}], 'little') + {prefix}"
+                if prefix == 1:
+                    head = "n = b[o] + 1"
+                elif prefix == 2:
+                    head = "n = (b[o] | b[o + 1] << 8) + 2"  # cheaper than int.from_bytes on a slice
+                else:
+                    head = f"n = int.from_bytes(b[o:o + {prefix}], 'little') + {prefix}"
                 read = f"b[o + {prefix}:o + n]" if encodings[e] is None else f"b[o + {prefix}:o + n].decode(E[{e}])"
                 return [pad + head, f"{pad}{target} = {read}", pad + "o += n"]
             if c.type == _DATETIME2:
@@ -305,23 +335,50 @@ class _TableRows:
                 return [f"{pad}{target} = S[{len(structs) - 1}](b, o)[0]", f"{pad}o += {st.size}"]
             return [f"{pad}{target}, o = R[{i}](b, o)"]
 
+        def convert(i: int, target: str, pad: str) -> list[str]:
+            """Code that applies column ``i``'s converter to ``target`` unless it is NULL."""
+            if converters[i] is None:
+                return []
+            if columns[i].type in _NEVER_NONE:
+                return [f"{pad}{target} = C[{i}]({target})"]
+            return [f"{pad}if {target} is not None:", f"{pad}    {target} = C[{i}]({target})"]
+
         lines = ["def image(b, o):", f"    nulls = b[o:o + {nbytes}]", f"    o += {nbytes}"]
         # Rows without NULLs (the usual case): straight-line code and one dict display.
         lines.append(f"    if nulls == {bytes(nbytes)!r}:")
-        for i, c in enumerate(columns):
-            lines += value(i, c, f"v{i}", "        ")
+        i = 0
+        while i < len(columns):
+            # Neighbouring fixed-width columns are unpacked by one struct call.
+            j = i
+            while j < len(columns) and columns[j].type in _FIXED:
+                j += 1
+            if j - i >= 2:
+                fmt = "<" + "".join(_FIXED[c.type][1 if getattr(c, "unsigned", False) else 0][1] for c in columns[i:j])
+                st = struct.Struct(fmt)
+                structs.append(st.unpack_from)
+                lines.append(f"        {', '.join(f'v{k}' for k in range(i, j))} = S[{len(structs) - 1}](b, o)")
+                lines.append(f"        o += {st.size}")
+                for k in range(i, j):
+                    lines += convert(k, f"v{k}", "        ")
+                i = j
+                continue
+            lines += value(i, columns[i], f"v{i}", "        ")
+            lines += convert(i, f"v{i}", "        ")
+            i += 1
         lines.append("        return {" + ", ".join(f"N{i}: v{i}" for i in range(len(columns))) + "}, o")
         lines.append("    row = {}")
         for i, c in enumerate(columns):
             lines.append(f"    if nulls[{i >> 3}] & {1 << (i & 7)}:")
             lines.append(f"        row[N{i}] = None")
             lines.append("    else:")
-            lines += value(i, c, f"row[N{i}]", "        ")
+            lines += value(i, c, f"v{i}", "        ")
+            lines += convert(i, f"v{i}", "        ")
+            lines.append(f"        row[N{i}] = v{i}")
         lines.append("    return row, o")
-        namespace: dict[str, Any] = {"R": tuple(readers), "S": tuple(structs), "E": tuple(encodings), "DT": dt.datetime}
+        namespace: dict[str, Any] = {"R": tuple(readers), "S": tuple(structs), "E": tuple(encodings), "DT": dt.datetime, "C": converters}
         namespace.update({f"N{i}": name for i, name in enumerate(names)})  # names are values, never code
         exec(compile("\n".join(lines), "<zetl row image>", "exec"), namespace)  # noqa: S102 - generated from integers only
-        self.image: Callable[[bytes, int], tuple[dict[str, Any], int]] = namespace["image"]
+        return namespace["image"]  # type: ignore[no-any-return]
 
 
 class RowDecoder:
@@ -367,6 +424,22 @@ class RowDecoder:
     def rows(self, event: Any, update: bool) -> list[Any] | None:
         """The event's rows: value dicts, or (before, after) pairs for an update. None: the
         event is left to the library (nothing was consumed)."""
+        decoder = self._usable(event, update)
+        if decoder is None:
+            return None
+        return self._read(event, update, decoder.image)
+
+    def converted_rows(self, event: Any, update: bool, names: AbstractSet[str], converters: Mapping[str, Converter]) -> list[Any] | None:
+        """Like ``rows`` with ``converters[name]`` applied to every non-NULL value of column
+        ``name`` while decoding. Only when the event's columns are exactly ``names`` (the
+        schema the converters belong to); otherwise None and nothing was consumed (use ``rows``)."""
+        decoder = self._usable(event, update)
+        if decoder is None or not names.issuperset(decoder.names) or len(names) != len(decoder.names):
+            return None
+        return self._read(event, update, decoder.converting(tuple(converters.get(n) for n in decoder.names)))
+
+    def _usable(self, event: Any, update: bool) -> _TableRows | None:
+        """The decoder for the event, None when the library has to decode it."""
         if getattr(event, "complete", True) is False or not hasattr(event, "table_map"):
             return None
         decoder = self._for(event)
@@ -375,17 +448,21 @@ class RowDecoder:
         full = b"\xff" * (len(decoder.names) // 8) + (bytes([(1 << (len(decoder.names) % 8)) - 1]) if len(decoder.names) % 8 else b"")
         if bytes(event.columns_present_bitmap) != full or (update and bytes(event.columns_present_bitmap2) != full):
             return None
+        return decoder
+
+    @staticmethod
+    def _read(event: Any, update: bool, image: ImageFn) -> list[Any]:
         data = event.packet.read(event.event_size - event.packet.read_bytes)
         out: list[Any] = []
         o, end = 0, len(data)
-        image = decoder.image
         if update:
             while o < end:
                 before, o = image(data, o)
                 after, o = image(data, o)
                 out.append((before, after))
         else:
+            append = out.append
             while o < end:
                 row, o = image(data, o)
-                out.append(row)
+                append(row)
         return out

@@ -82,7 +82,7 @@ def diff_schemas(old: Schema | None, new: Schema | None, table: TableId) -> list
 class _TableDecoder:
     """Turns one table's row dicts into canonical rows of its current schema."""
 
-    __slots__ = ("converters", "name_set", "names", "needed", "needed_zetl", "schema", "warned")
+    __slots__ = ("converters", "name_set", "names", "needed", "needed_zetl", "schema", "warned", "zetl_converters")
 
     def __init__(self, schema: Schema) -> None:
         self.schema = schema
@@ -94,6 +94,7 @@ class _TableDecoder:
         self.needed = [(n, c) for n, c in self.converters if c is not None]
         zetl_converters = [(f.name, zetl_row_converter(f, f"table {schema.table}, column {f.name}")) for f in schema.fields]
         self.needed_zetl = [(n, c) for n, c in zetl_converters if c is not None]
+        self.zetl_converters: dict[str, Converter] = dict(self.needed_zetl)
         self.warned = False
 
     def zetl_row(self, values: dict[str, Any], log: logging.Logger) -> dict[str, Any]:
@@ -182,7 +183,9 @@ class BinlogAssembler:
         # the transaction being read
         self._in_txn = False
         self._txn_gtid: str | None = None
-        self._txn_rows: list[tuple[TableId, Op, Any, Any, int]] = []
+        # (table, op, rows, commit time) per row event: rows are after-images (INSERT),
+        # before-images (DELETE), (before, after) pairs (UPDATE), None (TRUNCATE: one event)
+        self._txn_rows: list[tuple[TableId, Op, list[Any] | None, int]] = []
         self._txn_changes: list[SchemaChange] = []
         # whole transactions not yet handed out
         self._pending_changes: list[SchemaChange] = []
@@ -291,26 +294,23 @@ class BinlogAssembler:
         assert dec is not None
         ts = event.timestamp
         log = self.log
-        rows = self._txn_rows
-        fast = self.row_decoder.rows(event, op is Op.UPDATE) if self.row_decoder is not None else None
-        if fast is not None:
-            row = dec.zetl_row
-            if op is Op.INSERT:
-                rows.extend((table, op, None, row(v, log), ts) for v in fast)
-            elif op is Op.DELETE:
-                rows.extend((table, op, row(v, log), None, ts) for v in fast)
-            else:
-                rows.extend((table, op, row(b, log), row(a, log), ts) for b, a in fast)
-            return
-        if op is Op.INSERT:
-            for r in event.rows:
-                rows.append((table, op, None, dec.row(r["values"], log), ts))
-        elif op is Op.DELETE:
-            for r in event.rows:
-                rows.append((table, op, dec.row(r["values"], log), None, ts))
+        update = op is Op.UPDATE
+        if self.row_decoder is not None:
+            # Values converted while decoding, when the event has the schema's columns.
+            fast = self.row_decoder.converted_rows(event, update, dec.name_set, dec.zetl_converters)
+            if fast is None:
+                fast = self.row_decoder.rows(event, update)
+                if fast is not None:
+                    row = dec.zetl_row
+                    fast = [(row(b, log), row(a, log)) for b, a in fast] if update else [row(v, log) for v in fast]
+            if fast is not None:
+                self._txn_rows.append((table, op, fast, ts))
+                return
+        row = dec.row
+        if op is Op.INSERT or op is Op.DELETE:
+            self._txn_rows.append((table, op, [row(r["values"], log) for r in event.rows], ts))
         else:
-            for r in event.rows:
-                rows.append((table, op, dec.row(r["before_values"], log), dec.row(r["after_values"], log), ts))
+            self._txn_rows.append((table, op, [(row(r["before_values"], log), row(r["after_values"], log)) for r in event.rows], ts))
 
     def _query(self, event: Any) -> list[Batch]:
         query = event.query if isinstance(event.query, str) else event.query.decode("utf-8", "replace")
@@ -366,7 +366,7 @@ class BinlogAssembler:
         self._txn_changes.extend(changes)
         self._ddl_tables.update(c.table for c in changes)
         for table in result.truncated:
-            self._txn_rows.append((table, Op.TRUNCATE, None, None, event.timestamp))
+            self._txn_rows.append((table, Op.TRUNCATE, None, event.timestamp))
         self._selected.clear()
         return self._commit(event)
 
@@ -387,12 +387,21 @@ class BinlogAssembler:
         if self._pending_end is None:
             self._pending_since = time.monotonic()
         if self._txn_rows:
-            append = self._pending_events.append
+            events = self._pending_events
+            event_of = ChangeEvent
             last_ts, commit_ts = None, None
-            for table, op, before, after, ts in self._txn_rows:
+            for table, op, rows, ts in self._txn_rows:
                 if ts != last_ts:
                     last_ts, commit_ts = ts, dt.datetime.fromtimestamp(ts, _UTC)
-                append(ChangeEvent(table, op, before, after, position, commit_ts, txid))
+                # one list display per row event: the per-row work is the event alone
+                if op is Op.INSERT:
+                    events += [event_of(table, op, None, r, position, commit_ts, txid) for r in rows]  # type: ignore[union-attr]
+                elif op is Op.DELETE:
+                    events += [event_of(table, op, r, None, position, commit_ts, txid) for r in rows]  # type: ignore[union-attr]
+                elif op is Op.UPDATE:
+                    events += [event_of(table, op, b, a, position, commit_ts, txid) for b, a in rows]  # type: ignore[union-attr]
+                else:
+                    events.append(event_of(table, op, None, None, position, commit_ts, txid))
         self._pending_changes.extend(self._txn_changes)
         self._pending_end = position
         self._txn_rows = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -401,6 +402,35 @@ def test_row_decoder_matches_the_library_on_edge_values(mariadb_server: MariaDBS
     assert fast_rows[0][2]["d4"] == Decimal("-12345678901234567890123456789012345.123456789012345678901234567890")  # type: ignore[index]
     assert fast_rows[1][2]["d1"] == Decimal("-999.99") and fast_rows[3][1]["d1"] == Decimal("0.05")  # type: ignore[index]
     assert fast_rows[1][2]["ts1"] == dt.datetime(2038, 1, 19, 3, 14, 7, 900000, tzinfo=UTC)  # type: ignore[index]
+
+
+def test_values_converted_while_decoding_match_the_library(mariadb_server: MariaDBServer, mariadb_database: str, driver: Driver) -> None:
+    # columns whose values zetl converts (JSON text, BIT, BIGINT UNSIGNED as decimal), with NULLs
+    driver.run("CREATE TABLE conv (id int PRIMARY KEY, doc json, b bit(1), bits bit(10), big bigint unsigned, n int, t text, at datetime)")
+    with make_source(mariadb_server, mariadb_database) as source:
+        start = _stream_start(source)
+    driver.run(
+        "INSERT INTO conv VALUES (1, '{\"a\": [1, 2.5], \"s\": \"é\"}', b'1', b'1010', 18446744073709551615, 5, 'x', '2024-01-02 03:04:05'),"
+        " (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+    )
+    driver.run("UPDATE conv SET doc = '[1]', n = NULL, b = b'0' WHERE id = 1")
+    driver.run("DELETE FROM conv WHERE id = 2")
+    decoded = []
+    for fast in (True, False):
+        with make_source(mariadb_server, mariadb_database) as source:
+            source._fast_rows = fast
+            batches = _read_until(source, start, lambda bs: sum(len(b.events) for b in bs) >= 4)
+        decoded.append([(e.op, e.before, e.after) for b in batches for e in b.events])
+        assert gc.isenabled()  # paused only while a batch is being read
+    fast_rows, library_rows = decoded
+    assert fast_rows == library_rows
+    assert [op for op, _, _ in fast_rows] == [Op.INSERT, Op.INSERT, Op.UPDATE, Op.DELETE]
+    assert fast_rows[0][2] == {  # type: ignore[comparison-overlap]
+        "id": 1, "doc": {"a": [1, 2.5], "s": "é"}, "b": True, "bits": 10, "big": Decimal(18446744073709551615), "n": 5, "t": "x",
+        "at": dt.datetime(2024, 1, 2, 3, 4, 5),
+    }
+    assert fast_rows[1][2] == dict.fromkeys(("doc", "b", "bits", "big", "n", "t", "at")) | {"id": 2}  # type: ignore[comparison-overlap]
+    assert fast_rows[2][2]["doc"] == [1] and fast_rows[2][2]["b"] is False and fast_rows[2][2]["n"] is None  # type: ignore[index]
 
 
 def test_zero_dates_arrive_as_null_in_snapshot_and_stream(mariadb_server: MariaDBServer, mariadb_database: str, driver: Driver) -> None:

@@ -67,3 +67,57 @@ def test_nulls_fixed_width_strings_and_labels() -> None:
 def test_unsupported_column_types_leave_the_table_to_the_library() -> None:
     assert rowdecode._reader(Column("t", 19, fsp=0)) is None  # TIME2
     assert rowdecode._reader(Column("j", 245, length_size=4)) is None  # MySQL binary JSON
+
+
+def _row_with_nulls(columns: list[Column], nulls: int, values: bytes) -> bytes:
+    return nulls.to_bytes((len(columns) + 7) // 8, "little") + values
+
+
+def test_converting_image_applies_converters_to_non_null_values_only() -> None:
+    cols = [
+        Column("id", 3, unsigned=False),
+        Column("qty", 3, unsigned=False),
+        Column("doc", 252, length_size=4, character_set_name="utf8mb4"),
+        Column("at", 18, fsp=0),
+    ]
+    doc = b'{"k": [1, 2]}'
+    seen: list[Any] = []
+
+    def at(v: Any) -> Any:
+        seen.append(v)
+        return ("at", v)
+
+    converters = (None, lambda v: v * 10, lambda v: ("json", v), at)
+    rows = decoder(cols)
+    image = rows.converting(converters)
+    assert rows.converting(converters) is image  # generated once per set of converters
+    full = _row_with_nulls(cols, 0, struct.pack("<ii", 1, 2) + struct.pack("<I", len(doc)) + doc + datetime2(2024, 1, 2, 3, 4, 5, 0, 0))
+    zero = _row_with_nulls(cols, 0, struct.pack("<ii", 2, 3) + struct.pack("<I", 2) + b"[]" + datetime2(0, 0, 0, 0, 0, 0, 0, 0))
+    nulls = _row_with_nulls(cols, 0b0110, struct.pack("<i", 3) + datetime2(2000, 1, 1, 0, 0, 0, 0, 0))
+    data = full + zero + nulls
+    out = []
+    o = 0
+    while o < len(data):
+        row, o = image(data, o)
+        out.append(row)
+    assert out == [
+        {"id": 1, "qty": 20, "doc": ("json", '{"k": [1, 2]}'), "at": ("at", dt.datetime(2024, 1, 2, 3, 4, 5))},
+        {"id": 2, "qty": 30, "doc": ("json", "[]"), "at": None},  # a zero date is NULL, not converted
+        {"id": 3, "qty": None, "doc": None, "at": ("at", dt.datetime(2000, 1, 1))},
+    ]
+    assert None not in seen
+    # the plain image is unchanged
+    assert rows.image(full, 0)[0] == {"id": 1, "qty": 2, "doc": '{"k": [1, 2]}', "at": dt.datetime(2024, 1, 2, 3, 4, 5)}
+
+
+def test_neighbouring_fixed_width_columns_read_together() -> None:
+    cols = [Column("a", 1, unsigned=True), Column("b", 2, unsigned=False), Column("c", 8, unsigned=True), Column("d", 5), Column("s", 15, max_length=10, character_set_name="utf8mb4"), Column("e", 4), Column("f", 3, unsigned=True)]
+    data = bytes([0]) + struct.pack("<BhQd", 255, -2, 2**64 - 1, 1.5) + bytes([2]) + b"hi" + struct.pack("<fI", 0.25, 2**32 - 1)
+    row, end = decoder(cols).image(data, 0)
+    assert end == len(data)
+    assert row == {"a": 255, "b": -2, "c": 2**64 - 1, "d": 1.5, "s": "hi", "e": 0.25, "f": 2**32 - 1}
+    # the same columns with NULLs take the per-column path
+    data = bytes([0b0000010]) + struct.pack("<BQd", 1, 2, 3.0) + bytes([0]) + struct.pack("<fI", 1.0, 7)
+    row, end = decoder(cols).image(data, 0)
+    assert end == len(data)
+    assert row == {"a": 1, "b": None, "c": 2, "d": 3.0, "s": "", "e": 1.0, "f": 7}
