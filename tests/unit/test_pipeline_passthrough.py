@@ -101,7 +101,7 @@ def test_truncate_refused_by_the_policy_is_still_dropped() -> None:
 
 
 def test_table_missing_from_the_target_is_not_written() -> None:
-    p, sink = pipeline()
+    p, _ = pipeline()
     p.prepare([SCHEMA])
     p.target_schemas[TABLE] = None  # as after a plan that did not create the table
     out = p.process(changes())
