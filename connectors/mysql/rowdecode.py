@@ -88,10 +88,11 @@ def _string(prefix: int, encoding: str | None) -> Reader:
     return read
 
 
-def _decimal(precision: int, scale: int) -> Reader:
-    """MySQL's packed decimal: groups of 9 digits in 4 bytes, the leftover digits of each end in
-    1-4 bytes; the sign in the top bit (negative values have every bit inverted). The reader is
-    generated for the column's precision and scale, from integer constants only."""
+def _decimal_code(precision: int, scale: int, target: str, pad: str) -> list[str]:
+    """Code that reads a packed decimal at ``o`` into ``target`` (a Decimal) and moves ``o``
+    past it. MySQL's packed decimal: groups of 9 digits in 4 bytes, the leftover digits of each
+    end in 1-4 bytes; the sign in the top bit (negative values have every bit inverted). The code
+    is generated for the column's precision and scale, from integer constants only."""
     integral = precision - scale
     uncomp_int, comp_int = divmod(integral, 9)
     uncomp_frac, comp_frac = divmod(scale, 9)
@@ -113,19 +114,23 @@ def _decimal(precision: int, scale: int) -> Reader:
     whole = expression(int_groups, total_bits)
     frac = expression(frac_groups, total_bits - int_bits)
     lines = [
-        "def read(b, o):",
-        f"    raw = int.from_bytes(b[o:o + {size}], 'big')",
-        f"    negative = not raw & {0x80 << (8 * (size - 1))}",
-        f"    raw ^= {0x80 << (8 * (size - 1))}",
-        "    if negative:",
-        f"        raw ^= {(1 << (8 * size)) - 1}",
-        f"    whole = {whole}",
+        f"raw = int.from_bytes(b[o:o + {size}], 'big')",
+        f"o += {size}",
+        f"negative = not raw & {0x80 << (8 * (size - 1))}",
+        f"raw ^= {0x80 << (8 * (size - 1))}",
+        "if negative:",
+        f"    raw ^= {(1 << (8 * size)) - 1}",
     ]
     if scale:
-        lines.append(f"    frac = {frac}")
-        lines.append(f"    return D(('-' if negative else '') + str(whole) + '.' + str(frac).zfill({scale})), o + {size}")
+        lines.append(f"{target} = D(('-' if negative else '') + str({whole}) + '.' + str({frac}).zfill({scale}))")
     else:
-        lines.append(f"    return D(('-' if negative else '') + str(whole)), o + {size}")
+        lines.append(f"{target} = D(('-' if negative else '') + str({whole}))")
+    return [pad + line for line in lines]
+
+
+def _decimal(precision: int, scale: int) -> Reader:
+    """A reader of one packed decimal column (see ``_decimal_code``)."""
+    lines = ["def read(b, o):", *_decimal_code(precision, scale, "v", "    "), "    return v, o"]
     namespace: dict[str, Any] = {"D": Decimal}
     exec(compile("\n".join(lines), "<zetl decimal>", "exec"), namespace)  # noqa: S102 - integer constants only
     return namespace["read"]  # type: ignore[no-any-return]
@@ -329,6 +334,8 @@ class _TableRows:
                     pad + "    h = p & 131071",
                     f"{pad}    {target} = DT(ym // 13, mo, d, h >> 12, (h >> 6) & 63, h & 63, f)",
                 ]
+            if c.type == _NEWDECIMAL:
+                return _decimal_code(c.precision, c.decimals, target, pad)  # inline: no call per value
             if fixed is not None:
                 st = struct.Struct(fixed[1] if getattr(c, "unsigned", False) else fixed[0])
                 structs.append(st.unpack_from)
@@ -375,7 +382,7 @@ class _TableRows:
             lines += convert(i, f"v{i}", "        ")
             lines.append(f"        row[N{i}] = v{i}")
         lines.append("    return row, o")
-        namespace: dict[str, Any] = {"R": tuple(readers), "S": tuple(structs), "E": tuple(encodings), "DT": dt.datetime, "C": converters}
+        namespace: dict[str, Any] = {"R": tuple(readers), "S": tuple(structs), "E": tuple(encodings), "DT": dt.datetime, "D": Decimal, "C": converters}
         namespace.update({f"N{i}": name for i, name in enumerate(names)})  # names are values, never code
         exec(compile("\n".join(lines), "<zetl row image>", "exec"), namespace)  # noqa: S102 - generated from integers only
         return namespace["image"]  # type: ignore[no-any-return]
