@@ -13,6 +13,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -46,6 +47,29 @@ _commit_ts = attrgetter("commit_ts")
 @dataclass
 class _Failure:
     error: BaseException
+
+
+_GC_TUNED = False
+
+
+def tune_garbage_collector() -> None:
+    """Process-wide, once: keep Python's cycle collector off the hot path.
+
+    Change events are acyclic and freed by reference counting, but thousands of them are alive
+    at a time (in the queue, in a sink's buffer), so with the default thresholds they are promoted
+    and rescanned by full collections that walk every object of the process (pyarrow, pyiceberg
+    and drivers included): measured at ~5 µs per streamed event. ``gc.freeze()`` moves the objects
+    alive after start-up out of the collector's view, and a larger young-generation threshold lets
+    batches in flight die before they are ever scanned. Cyclic garbage is still collected.
+    """
+    global _GC_TUNED
+    if _GC_TUNED:
+        return
+    _GC_TUNED = True
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, 50_000), max(middle, 20), max(old, 20))
 
 
 def merge_batches(batches: list[Batch]) -> Batch:
@@ -129,6 +153,7 @@ class IntegrationRunner:
     # -- main loop ------------------------------------------------------------------------
     def run(self) -> State:
         """Run until stopped, failed or finished; returns the final state."""
+        tune_garbage_collector()
         backoff = self.config.retry.initial_backoff
         failures = 0
         while not self.stop.is_set():

@@ -174,3 +174,15 @@ def test_checkpoint_never_moves_backwards(tmp_path: Path) -> None:
     it = Integration(it.config, it.file, it.source_class, it.source_config, Rewinding, it.sink_config)
     assert IntegrationRunner(it).run() is State.STOPPED
     assert SQLiteCheckpointStore(tmp_path / "state.db").load("r9") == SequencePosition("stream", 50)
+
+
+def test_runner_tunes_the_garbage_collector_once(tmp_path: Path) -> None:
+    import gc
+
+    from zetl import runner as runner_module
+
+    it = integration(tmp_path, "name: r10\nsource: {type: memory, snapshot_rows: 1, stream_events: 1}\nsink: {type: memory}")
+    IntegrationRunner(it).run()
+    assert gc.get_threshold()[0] >= 50_000 and gc.get_freeze_count() > 0
+    runner_module.tune_garbage_collector()  # idempotent
+    assert gc.isenabled()
