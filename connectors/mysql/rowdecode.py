@@ -10,6 +10,9 @@ temporal types) or an event without a full row image is decoded by ``event.rows`
 
 Values come out as the library gives them except: SET -> the labels joined by ``,`` (the empty
 set is ``""``, not NULL), BIT -> int, TIMESTAMP -> UTC-aware datetime, YEAR 0 -> 0.
+``RowDecoder.converted_rows`` also applies the caller's per-column conversions to non-NULL values
+while decoding (the same result as converting each decoded row afterwards, without the second
+pass); it only does so when the event's columns are exactly the caller's.
 """
 
 from __future__ import annotations
