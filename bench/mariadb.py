@@ -139,7 +139,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    from zetl.runner import tune_garbage_collector
     from zetl_connectors.mysql.snapshot import current_position
+
+    # The source runs under the daemon's process-wide collector policy in production: measure it so.
+    tune_garbage_collector()
 
     result: dict[str, Any] = {"workload": "mariadb", "rows": a.rows, "stream_rows": a.stream_rows, "txn_rows": a.txn_rows}
     with MariaDBServer(settings={"innodb_buffer_pool_size": "512M", "max_binlog_size": "1G"}) as server:
