@@ -19,6 +19,12 @@ from zetl.testing.servers import MariaDBServer, PostgresServer
 _counter = itertools.count(1)
 
 
+def _database_name(request: pytest.FixtureRequest) -> str:
+    """A unique database name per test, made of safe characters only (it is used in DDL)."""
+    name = f"t{next(_counter)}_{request.node.name.lower()}"[:60]
+    return "".join(ch if ch.isalnum() else "_" for ch in name)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PostgresServer]:
     """A private Postgres 15 with wal_level=logical for the whole session."""
@@ -33,8 +39,7 @@ def pg_server() -> Iterator[PostgresServer]:
 @pytest.fixture
 def pg_database(pg_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
     """A new empty database; yields its name. Slots in it are dropped afterwards."""
-    name = f"t{next(_counter)}_{request.node.name.lower()}"[:60]
-    name = "".join(ch if ch.isalnum() else "_" for ch in name)
+    name = _database_name(request)
     pg_server.psql(f'CREATE DATABASE "{name}"')
     try:
         yield name
@@ -58,8 +63,8 @@ def mariadb_server() -> Iterator[MariaDBServer]:
 
 @pytest.fixture
 def mariadb_database(mariadb_server: MariaDBServer, request: pytest.FixtureRequest) -> Iterator[str]:
-    name = f"t{next(_counter)}_{request.node.name.lower()}"[:60]
-    name = "".join(ch if ch.isalnum() else "_" for ch in name)
+    """A new empty database; yields its name."""
+    name = _database_name(request)
     mariadb_server.sql(f"CREATE DATABASE `{name}`")
     try:
         yield name
