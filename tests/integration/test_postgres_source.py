@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 import uuid
 from decimal import Decimal
@@ -405,26 +406,45 @@ class _Driver:
 
 
 def test_server_restart_then_resume_from_checkpoint(tmp_path: Any) -> None:
-    # a server of its own: restarting the session's server would disturb other tests
-    with PostgresServer() as server:
-        server.psql("CREATE TABLE items (id int PRIMARY KEY)")
-        source = make_source(server, "postgres", integration="restart", snapshot="never")
+    # A server of its own: restarting the session's server would disturb other tests. On a
+    # clean shutdown each walsender waits until its client confirms everything it was sent;
+    # a long wal_sender_timeout makes a source that stops answering fail this test every time
+    # instead of racing pg_ctl's own timeout.
+    with PostgresServer(settings={"wal_sender_timeout": "'10min'"}) as server:
+        server.psql("CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE other (id int PRIMARY KEY)")
+        source = make_source(server, "postgres", integration="restart", snapshot="never", tables=["public.items"])
         source.open()
         checkpoint: list[Any] = []
+        restart: threading.Thread | None = None
+        restart_errors: list[BaseException] = []
+
+        def restart_server() -> None:
+            try:
+                server.restart()
+            except BaseException as exc:  # reported by the test thread
+                restart_errors.append(exc)
+
         with pytest.raises(SourceConnectionError) as err:
             for batch in source.read(None):
                 if batch.end_position is not None:
                     source.ack(batch.end_position)
                     checkpoint.append(batch.end_position)
-                if any(e.op is Op.INSERT for e in batch.events):
-                    server.restart()
+                if restart is None and any(e.op is Op.INSERT for e in batch.events):
+                    # WAL the publication does not carry moves the server's sent position past the
+                    # last change: the source must still confirm it for the shutdown to finish
+                    server.psql("INSERT INTO other VALUES (1)")
+                    restart = threading.Thread(target=restart_server, daemon=True)
+                    restart.start()  # the source keeps reading (and answering) while the server stops
                 elif len(checkpoint) == 1 and not batch.events:
                     server.psql("INSERT INTO items VALUES (1)")
                     checkpoint.append(batch.end_position or checkpoint[-1])
         source.close()
+        assert restart is not None
+        restart.join(timeout=120)
+        assert not restart.is_alive() and not restart_errors, f"the server could not restart: {restart_errors}"
         assert err.value.retryable
         server.psql("INSERT INTO items VALUES (2)")
-        with make_source(server, "postgres", integration="restart", snapshot="never") as again:
+        with make_source(server, "postgres", integration="restart", snapshot="never", tables=["public.items"]) as again:
             events, _ = drain(again, checkpoint[-1], lambda ev, _b: any(e.op is Op.INSERT and e.after and e.after["id"] == 2 for e in ev))
         assert stream_ops(events) == [("INSERT", 2)], "resuming after a restart gives what followed the checkpoint, once"
 

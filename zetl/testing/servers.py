@@ -92,11 +92,23 @@ class PostgresServer:
         return self
 
     def restart(self) -> None:
-        _run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "-t", "60", "restart"], user="postgres")
+        """Clean restart (``-m fast``).
+
+        A clean shutdown waits until every walsender's client has confirmed all the WAL it
+        was sent, so a replication client must keep reading while this runs (call it from
+        another thread), or the shutdown lasts until ``wal_sender_timeout``.
+        """
+        done = _run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "-t", "120", "restart"], user="postgres", check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl restart failed ({done.returncode}): {done.stderr.strip()}\nserver log:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
         if self.running:
-            _run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop"], user="postgres", check=False)
+            stopped = _run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop"], user="postgres", check=False)
+            if stopped.returncode != 0:
+                # a replication client that no longer reads holds a clean shutdown until
+                # wal_sender_timeout; the data directory is thrown away, so skip the wait
+                _run([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop"], user="postgres", check=False)
             self.running = False
         shutil.rmtree(self.dir, ignore_errors=True)
 
