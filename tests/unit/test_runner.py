@@ -6,7 +6,7 @@ import threading
 import time
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -17,7 +17,7 @@ from zetl.events import Batch, Position, SequencePosition, TableId
 from zetl.runner import IntegrationRunner
 from zetl.statedb import StateDB
 from zetl.status import State, StatusStore
-from zetl.testing.plugins import FileSink, MemorySink, MemorySourceConfig, expected_rows
+from zetl.testing.plugins import FileSink, MemorySink, MemorySource, MemorySourceConfig, expected_rows
 
 ITEMS = TableId("demo", "items")
 
@@ -29,6 +29,14 @@ def integration(tmp_path: Path, text: str) -> Integration:
     assert not issues, issues
     assert result is not None
     return result
+
+
+def wait_until(condition: Callable[[], bool], message: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(message)
+        time.sleep(0.02)
 
 
 def same_rows(got: list[dict[str, Any]], config: MemorySourceConfig) -> bool:
@@ -96,9 +104,9 @@ def test_stop_writes_what_was_read_and_saves_the_checkpoint(tmp_path: Path) -> N
     runner = IntegrationRunner(it, stop)
     thread = threading.Thread(target=runner.run)
     thread.start()
-    time.sleep(1.0)
+    wait_until(lambda: runner.status.rows_written >= 50, "the runner never wrote a row")
     stop.set()
-    thread.join(5)
+    thread.join(30)
     assert not thread.is_alive(), "the runner must stop within a bounded time"
     saved = SQLiteCheckpointStore(tmp_path / "state.db").load("r5")
     log = FileSink.read_log(tmp_path / "out.db", ITEMS)
@@ -108,20 +116,32 @@ def test_stop_writes_what_was_read_and_saves_the_checkpoint(tmp_path: Path) -> N
 
 def test_a_slow_sink_slows_reading(tmp_path: Path) -> None:
     # queue_size bounds how far the reader runs ahead of a slow sink.
+    read_events = [0]
+
+    class CountingSource(MemorySource):
+        def read(self, start: Position | None) -> Iterator[Batch]:
+            for batch in super().read(start):
+                read_events[0] += len(batch.events)
+                yield batch
+
     it = integration(
         tmp_path,
         "name: r6\nsource: {type: memory, snapshot_rows: 0, stream_events: 100000, events_per_batch: 10}\n"
         "sink: {type: file, path: out.db, write_delay: 0.05}\nbatching: {max_rows: 10, queue_size: 2}",
     )
+    it = Integration(it.config, it.file, CountingSource, it.source_config, it.sink_class, it.sink_config)
     stop = threading.Event()
     runner = IntegrationRunner(it, stop)
     thread = threading.Thread(target=runner.run)
     thread.start()
-    time.sleep(1.5)
-    stop.set()
-    thread.join(10)
-    written = runner.status.rows_written
-    assert 0 < written <= 400, f"the reader ran ahead: {written} rows written"
+    try:
+        wait_until(lambda: runner.status.rows_written >= 100, "the sink never wrote 100 rows")
+        read, written = read_events[0], runner.status.rows_written
+    finally:
+        stop.set()
+        thread.join(30)
+    # 2 batches queued, one being written, one being handed over: 10 rows each
+    assert read - written <= 40, f"the reader ran ahead: {read} events read, {written} written"
 
 
 def test_a_sink_that_stores_positions_wins_over_an_older_checkpoint(tmp_path: Path) -> None:
