@@ -84,7 +84,7 @@ def test_sigterm_stops_gracefully_with_exit_code_0(tmp_path: Path) -> None:
         wait_for_rows(tmp_path / "out.db", 2100)
     finally:
         proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=15)
+    output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, output.decode()
     status = subprocess.run([sys.executable, "-m", "zetl.cli", "status", "--format", "json", str(config)], capture_output=True, text=True, check=True)
     data = orjson.loads(status.stdout)
@@ -136,7 +136,7 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
             time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=15)
+        proc.communicate(timeout=60)
     rows = [line for line in text.splitlines() if line.startswith('zetl_rows_written_total{integration="metrics-test"}')]
     assert rows and float(rows[0].split()[-1]) >= 2000
     assert 'zetl_state{integration="metrics-test",state="streaming"} 1.0' in text

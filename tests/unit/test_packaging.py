@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,8 +16,12 @@ DRIVERS = ("psycopg", "pymysql", "pymysqlreplication", "pyiceberg", "redshift_co
 
 @pytest.mark.slow
 def test_wheel_top_level_packages_are_exactly_ours(tmp_path: Path) -> None:
+    # build from a copy: a build in the working tree leaves build/ behind, whose stale files
+    # could end up in a later wheel, and two runs at once would share it
+    tree = tmp_path / "tree"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".zetl", "tests", "bench"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(tree)],
         check=True,
         capture_output=True,
     )
