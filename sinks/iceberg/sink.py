@@ -114,6 +114,9 @@ class IcebergSink(Sink[IcebergConfig]):
         if self.config.catalog:
             return dict(self.config.catalog)
         base = Path(self.context.state_dir).resolve() / "iceberg"
+        if self.context.read_only and not (base / "catalog.db").exists():
+            # inspection before the first run: an empty catalog, and no files left behind
+            return {"type": "sql", "uri": "sqlite:///:memory:", "warehouse": (base / "warehouse").as_uri()}
         (base / "warehouse").mkdir(parents=True, exist_ok=True)
         return {"type": "sql", "uri": f"sqlite:///{base / 'catalog.db'}", "warehouse": (base / "warehouse").as_uri()}
 
@@ -677,8 +680,14 @@ class IcebergSink(Sink[IcebergConfig]):
 
     # -- checkpoint ---------------------------------------------------------------------------
     def _integration_tables(self) -> Iterable[tuple[str, Any]]:
+        from pyiceberg.exceptions import NoSuchNamespaceError
+
         catalog = self._require_open()
-        for identifier in catalog.list_tables(self._namespace):
+        try:
+            identifiers = catalog.list_tables(self._namespace)
+        except NoSuchNamespaceError:  # nothing written yet (open() creates it unless read-only)
+            return
+        for identifier in identifiers:
             try:
                 iceberg_table = catalog.load_table(identifier)
             except Exception as exc:  # a table dropped meanwhile, or one another tool cannot open

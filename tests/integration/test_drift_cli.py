@@ -150,3 +150,4 @@ def test_drift_creates_nothing_in_the_source(pg_server, pg_database, tmp_path: P
     assert code == 1, output
     assert pg_server.psql("SELECT count(*) FROM pg_publication", pg_database) == "0"
     assert pg_server.psql(f"SELECT count(*) FROM pg_replication_slots WHERE database = '{pg_database}'") == "0"
+    assert not (tmp_path / "t.db").exists(), "drift creates nothing in the target either"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -58,3 +59,16 @@ def test_importing_the_sink_does_not_import_pyiceberg() -> None:
     code = "import sys, zetl_sinks.iceberg; print(any(m.startswith('pyiceberg') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_inspection_before_the_first_run_creates_no_files(tmp_path: Path) -> None:
+    # zetl drift opens sinks read-only: with the embedded catalog not created yet it sees an empty
+    # target and leaves no catalog or warehouse behind
+    sink = IcebergSink(IcebergConfig(), PluginContext(integration="ro", state_dir=tmp_path, read_only=True))
+    sink.open()
+    try:
+        assert sink.current_schema(TableId("public", "items")) is None
+        assert sink.stored_position() is None
+    finally:
+        sink.close()
+    assert list(tmp_path.iterdir()) == []
