@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -216,15 +217,32 @@ def plugins(fmt: str) -> None:
 
 
 def _config_keys(model: Any) -> list[str]:
-    keys = []
-    for name, field in model.model_fields.items():
-        required = field.is_required()
-        annotation = field.annotation
-        type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-        if typing.get_origin(annotation) is typing.Literal:
-            type_name = "|".join(str(a) for a in typing.get_args(annotation))
-        keys.append(f"{name}{'*' if required else ''} ({type_name})")
-    return keys
+    """``name (type)`` per key, ``*`` after the required ones."""
+    return [f"{name}{'*' if field.is_required() else ''} ({_type_label(field.annotation)})" for name, field in model.model_fields.items()]
+
+
+def _type_label(annotation: Any) -> str:
+    """The type of a configuration key in the words a YAML author needs (no Python paths)."""
+    from pydantic import BaseModel, SecretStr
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_label(a) for a in args if a is not type(None))
+    if origin in (list, tuple, set, frozenset):
+        return f"list of {_type_label(args[0])}" if args else "list"
+    if origin is dict or annotation is dict:
+        return "mapping"
+    if isinstance(annotation, type):
+        if issubclass(annotation, SecretStr):
+            return "secret"
+        if issubclass(annotation, Path):
+            return "path"
+        if issubclass(annotation, BaseModel):
+            return "mapping: " + ", ".join(annotation.model_fields)
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
 
 
 @main.command()
