@@ -72,6 +72,12 @@ class PostgresConfig(SourceConfig):
     region: str | None = None
     """AWS region of the RDS instance, for ``iam_auth``."""
 
+    stream_in_progress: bool | None = None
+    """Let the server stream large transactions while they run (pgoutput protocol 2): zetl buffers
+    them (spilling to the state directory beyond 16 MiB each) and emits them at commit, so a big
+    transaction no longer waits for the server to decode it from its own spill files after the
+    commit. Default: on for Postgres 14 and later; ``false`` keeps protocol 1."""
+
     snapshot_chunk_rows: int = Field(50_000, ge=1)
     """Rows per snapshot chunk: a crashed snapshot resumes after the last completed chunk."""
 

@@ -174,6 +174,7 @@ class PostgresSource(Source[PostgresConfig]):
             {t.table: t.schema for t in self._tables},
             self._catalog.data_type,
             self.log,
+            spill_dir=self.context.state_dir,
         )
         return self._stream
 

@@ -15,6 +15,12 @@ Guarantees:
       idle slot does not retain WAL.
     * A schema change (a Relation message with a new shape) leads the batch holding the first rows
       of the new shape.
+    * With protocol version 2 (``stream_in_progress``) a large transaction arrives in blocks while
+      it runs; its changes are buffered (``StreamedTransaction``, spilled to disk beyond a size) and
+      emitted at its Stream Commit, in commit order with the other transactions, exactly like a
+      transaction sent whole. A Stream Abort discards the transaction, or only the subtransaction
+      it names. While a streamed transaction is open, no position past a confirmed commit is
+      handed out or confirmed, so a restart receives it again from its first change.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import select
 import struct
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from zetl.errors import SourceConnectionError, SourceError
@@ -37,6 +44,8 @@ from .catalog import driver_error, quote_ident
 from .config import PostgresConfig
 from .pgoutput import _PG_EPOCH_US, RelationDecoder, decode_relation, diff_schema, pg_time, relation_schema
 from .position import PostgresPosition, format_lsn, parse_lsn
+from . import streamed as streamed_buffer
+from .streamed import StreamedTransaction
 
 if TYPE_CHECKING:
     import psycopg
@@ -51,6 +60,12 @@ _COMMIT = struct.Struct(">bQQq")
 _U32 = struct.Struct(">I").unpack_from
 _I32 = struct.Struct(">i").unpack_from
 _MESSAGE = struct.Struct(">bQ")
+_STREAM_START = struct.Struct(">Ib")  # xid, first segment
+_STREAM_COMMIT = struct.Struct(">IbQQq")  # xid, flags, commit LSN, end LSN, commit time
+_STREAM_ABORT = struct.Struct(">II")  # xid, subtransaction xid (== xid: the whole transaction)
+
+STREAMING_SERVER_VERSION = 140000
+"""First server version able to stream in-progress transactions (pgoutput protocol version 2)."""
 
 MAX_BATCH_EVENTS = 20_000
 """A batch is closed at the first commit after this many events (big transactions stay whole)."""
@@ -79,6 +94,9 @@ class ReplicationStream:
         schemas: dict[TableId, Schema],
         data_type: Callable[[int, int], DataType],
         logger: logging.Logger | None = None,
+        *,
+        spill_dir: Path | None = None,
+        spill_bytes: int | None = None,
     ) -> None:
         self.conn = conn
         self.pgconn = conn.pgconn
@@ -99,6 +117,11 @@ class ReplicationStream:
         self.flushed_sent = -1
         self.last_feedback = 0.0
         self.relations: dict[int, RelationDecoder] = {}
+        self.spill_dir = spill_dir
+        # bytes of messages one streamed transaction keeps in memory (default streamed.SPILL_BYTES)
+        self.spill_bytes = spill_bytes if spill_bytes is not None else streamed_buffer.SPILL_BYTES
+        self.streaming = False  # protocol version 2 with in-progress transactions streamed
+        self.streamed: dict[int, StreamedTransaction] = {}  # open streamed transactions by xid
 
     # -- replication commands --------------------------------------------------------------
     def _command(self, command: str, doing: str) -> list[tuple[Any, ...]]:
@@ -134,9 +157,12 @@ class ReplicationStream:
         from psycopg import pq
 
         pubs = quote_ident(self.publication).replace("'", "''")
+        self._discard_streamed()  # the server sends open transactions again from their start
+        self.streaming = self._use_streaming()
+        protocol = "proto_version '2', streaming 'on'" if self.streaming else "proto_version '1'"
         command = (
             f"START_REPLICATION SLOT {quote_ident(self.slot)} LOGICAL {format_lsn(lsn)} "
-            f"(proto_version '1', publication_names '{pubs}', messages 'true')"
+            f"({protocol}, publication_names '{pubs}', messages 'true')"
         )
         with self.io_lock:
             self.pgconn.send_query(command.encode())
@@ -149,7 +175,24 @@ class ReplicationStream:
         self.delivered_lsn = max(self.delivered_lsn, lsn)
         self.acked_lsn = max(self.acked_lsn, lsn)  # the resume position is durable by definition
         self.seen_lsn = max(self.seen_lsn, lsn)
-        self.log.info("streaming from slot %s at %s", self.slot, format_lsn(lsn))
+        self.log.info("streaming from slot %s at %s (pgoutput protocol %d)", self.slot, format_lsn(lsn), 2 if self.streaming else 1)
+
+    def _use_streaming(self) -> bool:
+        """``stream_in_progress`` resolved against the server version (default: on from Postgres 14)."""
+        version = self.pgconn.server_version
+        wanted = self.config.stream_in_progress
+        if wanted and version < STREAMING_SERVER_VERSION:
+            raise SourceError(
+                f"stream_in_progress: true needs Postgres 14 or later, but the server of database {self.config.database!r} "
+                f"is version {version // 10000}; remove the setting or set it to false",
+                retryable=False,
+            )
+        return version >= STREAMING_SERVER_VERSION if wanted is None else wanted
+
+    def _discard_streamed(self) -> None:
+        for streamed in self.streamed.values():
+            streamed.close()
+        self.streamed.clear()
 
     # -- feedback --------------------------------------------------------------------------
     def ack(self, lsn: int) -> None:
@@ -169,7 +212,7 @@ class ReplicationStream:
         """What the server may forget: the acknowledged position, or its WAL end when every
         transaction decoded so far is acknowledged and none is open."""
         acked = self.acked_lsn
-        if self._idle and acked >= self.seen_lsn and self.received_lsn > acked:
+        if self._idle and not self.streamed and acked >= self.seen_lsn and self.received_lsn > acked:
             return self.received_lsn
         return acked
 
@@ -197,6 +240,29 @@ class ReplicationStream:
         self.relations[oid] = decoder
         return decoder, changes
 
+    def _replay(self, streamed: StreamedTransaction, position: PostgresPosition, commit_ts: Any, xid: int, skip: bool) -> tuple[list[ChangeEvent], list[SchemaChange]]:
+        """The events and schema changes of a committed streamed transaction, in the order of its
+        messages (Relation messages only when ``skip``: later messages may rely on them)."""
+        events: list[ChangeEvent] = []
+        changes: list[SchemaChange] = []
+        relations = self.relations
+        for buf in streamed.messages():
+            kind = buf[0]
+            if kind == 82:  # 'R' Relation
+                _rel, rel_changes = self._relation(buf)
+                changes.extend(rel_changes)
+            elif skip:
+                continue
+            elif kind == 73 or kind == 85 or kind == 68:  # I U D
+                (oid,) = _U32(buf, 1)
+                rel = relations[oid]
+                if rel.selected:
+                    events.append(_row_event(rel, kind, buf, position, commit_ts, xid))
+            elif kind == 84:  # 'T' Truncate
+                events.extend(_truncate_events(buf, relations, position, commit_ts, xid))
+            # 'Y' Type needs nothing; 'M' transactional messages are ignored as outside streams
+        return events, changes
+
     # -- the stream ------------------------------------------------------------------------
     def batches(self, skip_upto: int, announced: set[TableId], stop: Callable[[], bool] | None = None) -> Iterator[Batch]:
         """Yield batches of committed transactions, and an empty batch at least every ``IDLE_BATCH_INTERVAL`` when idle.
@@ -216,11 +282,12 @@ class ReplicationStream:
         txn_ts = None
         txn_xid = 0
         txn_position: PostgresPosition | None = None
+        streaming: StreamedTransaction | None = None  # inside a Stream Start ... Stream Stop block
         batch_end: PostgresPosition | None = None
         held: tuple[list[SchemaChange], list[ChangeEvent], PostgresPosition | None] | None = None
         unannounced = True
         last_yield = time.monotonic()
-        insert, update, delete = Op.INSERT, Op.UPDATE, Op.DELETE
+        insert = Op.INSERT
         new_event = ChangeEvent
 
         def fail(exc: BaseException, doing: str) -> SourceError:
@@ -255,6 +322,12 @@ class ReplicationStream:
                     if tag == 119:  # 'w' XLogData
                         buf = bytes(data[25:])
                         kind = buf[0]
+                        if streaming is not None:
+                            if kind == 69:  # 'E' Stream Stop
+                                streaming = None
+                            else:
+                                streaming.add(buf)
+                            continue
                         if kind == 73 or kind == 85 or kind == 68:  # I U D
                             if txn_skip:
                                 continue
@@ -265,26 +338,8 @@ class ReplicationStream:
                             if kind == 73:
                                 row, _ = rel.decode(buf, 6)
                                 txn.append(new_event(rel.table, insert, None, row, txn_position, txn_ts, txn_xid))  # type: ignore[union-attr]
-                            elif kind == 85:
-                                marker = buf[5]
-                                before = None
-                                pos = 6
-                                if marker == 75 or marker == 79:  # 'K' key / 'O' old row
-                                    old, pos = rel.decode(buf, 6)
-                                    before = rel.key_of(old) if marker == 75 else old
-                                    pos += 1  # the 'N'
-                                after, _ = rel.decode(buf, pos)
-                                if before is None:
-                                    before = rel.key_of(after)
-                                elif marker == 79 and UNCHANGED in after.values():
-                                    # REPLICA IDENTITY FULL: the old row holds the unchanged TOAST values
-                                    after = {k: (before[k] if v is UNCHANGED else v) for k, v in after.items()}
-                                txn.append(new_event(rel.table, update, before, after, txn_position, txn_ts, txn_xid))  # type: ignore[union-attr]
                             else:
-                                marker = buf[5]
-                                old, _ = rel.decode(buf, 6)
-                                before = rel.key_of(old) if marker == 75 else old
-                                txn.append(new_event(rel.table, delete, before, None, txn_position, txn_ts, txn_xid))  # type: ignore[union-attr]
+                                txn.append(_row_event(rel, kind, buf, txn_position, txn_ts, txn_xid))  # type: ignore[union-attr, arg-type]
                         elif kind == 66:  # 'B' Begin
                             final_lsn, ts, txn_xid = _BEGIN.unpack_from(buf, 1)
                             txn = []
@@ -293,8 +348,24 @@ class ReplicationStream:
                             txn_ts = pg_time(ts)
                             txn_position = PostgresPosition.stream(final_lsn)
                             self._idle = False
-                        elif kind == 67:  # 'C' Commit
-                            _flags, commit_lsn, end_lsn, _ts = _COMMIT.unpack_from(buf, 1)
+                        elif kind == 67 or kind == 99:  # 'C' Commit, 'c' Stream Commit
+                            if kind == 67:
+                                _flags, commit_lsn, end_lsn, _ts = _COMMIT.unpack_from(buf, 1)
+                            else:
+                                txn_xid, _flags, commit_lsn, end_lsn, ts = _STREAM_COMMIT.unpack_from(buf, 1)
+                                done = self.streamed.pop(txn_xid, None)
+                                if done is None:
+                                    raise SourceConnectionError(
+                                        f"slot {self.slot!r}: the server committed streamed transaction {txn_xid} whose changes were not received; reconnecting"
+                                    )
+                                txn_ts = pg_time(ts)
+                                txn_position = PostgresPosition.stream(commit_lsn)
+                                txn_skip = commit_lsn <= skip_upto
+                                try:
+                                    txn, txn_changes = self._replay(done, txn_position, txn_ts, txn_xid, txn_skip)
+                                finally:
+                                    done.close()
+                                unannounced = True  # its Relation messages were applied just now
                             if commit_lsn > self.seen_lsn:
                                 self.seen_lsn = commit_lsn
                             if not txn_skip and (txn or txn_changes):
@@ -335,24 +406,35 @@ class ReplicationStream:
                         elif kind == 84:  # 'T' Truncate
                             if txn_skip:
                                 continue
-                            (nrels,) = _I32(buf, 1)
-                            pos = 6
-                            for _ in range(nrels):
-                                (oid,) = _U32(buf, pos)
-                                pos += 4
-                                rel = relations.get(oid)
-                                if rel is not None and rel.selected:
-                                    txn.append(ChangeEvent.truncate(rel.table, txn_position, commit_ts=txn_ts, txid=txn_xid))  # type: ignore[union-attr]
+                            txn.extend(_truncate_events(buf, relations, txn_position, txn_ts, txn_xid))  # type: ignore[union-attr, arg-type]
+                        elif kind == 83:  # 'S' Stream Start
+                            xid, first = _STREAM_START.unpack_from(buf, 1)
+                            streaming = self.streamed.get(xid)
+                            if streaming is None:
+                                if not first:
+                                    raise SourceConnectionError(
+                                        f"slot {self.slot!r}: the server continued streamed transaction {xid} whose first changes were not received; reconnecting"
+                                    )
+                                streaming = self.streamed[xid] = StreamedTransaction(xid, self.spill_dir, self.spill_bytes)
+                        elif kind == 65:  # 'A' Stream Abort
+                            xid, subxid = _STREAM_ABORT.unpack_from(buf, 1)
+                            aborted = self.streamed.get(xid)
+                            if aborted is not None:
+                                if subxid == xid:
+                                    del self.streamed[xid]
+                                    aborted.close()
+                                else:
+                                    aborted.abort_subtransaction(subxid)
                         elif kind == 77:  # 'M' logical message (our heartbeats; transactional ones are ignored)
                             flags, msg_lsn = _MESSAGE.unpack_from(buf, 1)
-                            if not (flags & 1) and txn is None and msg_lsn > skip_upto:
+                            if not (flags & 1) and txn is None and not self.streamed and msg_lsn > skip_upto:
                                 batch_end = PostgresPosition.stream(msg_lsn)
                                 if msg_lsn > self.received_lsn:
                                     self.received_lsn = msg_lsn
                         # 'Y' Type and 'O' Origin need nothing: types are resolved from pg_type
                     elif tag == 107:  # 'k' keepalive
                         wal_end, _ts, reply = _KEEPALIVE.unpack_from(data, 1)
-                        if txn is None and wal_end > self.received_lsn:
+                        if txn is None and not self.streamed and wal_end > self.received_lsn:
                             self.received_lsn = wal_end
                         if reply:
                             self._feedback(True)
@@ -393,7 +475,7 @@ class ReplicationStream:
                 continue  # stopped draining at a batch boundary with more data waiting
             if now - last_yield >= IDLE_BATCH_INTERVAL:
                 end = batch_end
-                if end is None and txn is None and self.received_lsn > self.delivered_lsn and self.acked_lsn >= self.seen_lsn:
+                if end is None and txn is None and not self.streamed and self.received_lsn > self.delivered_lsn and self.acked_lsn >= self.seen_lsn:
                     # nothing for us up to the server's WAL end: let the checkpoint follow it
                     end = PostgresPosition.stream(self.received_lsn)
                 if end is not None:
@@ -426,7 +508,47 @@ class ReplicationStream:
             pass
         finally:
             if acquired:
+                self._discard_streamed()
                 self.io_lock.release()
+
+
+def _row_event(rel: RelationDecoder, kind: int, buf: bytes, position: PostgresPosition, commit_ts: Any, xid: int) -> ChangeEvent:
+    """The event of an Insert (73), Update (85) or Delete (68) message of a selected relation."""
+    if kind == 73:
+        row, _ = rel.decode(buf, 6)
+        return ChangeEvent(rel.table, Op.INSERT, None, row, position, commit_ts, xid)
+    marker = buf[5]
+    if kind == 85:
+        before = None
+        pos = 6
+        if marker == 75 or marker == 79:  # 'K' key / 'O' old row
+            old, pos = rel.decode(buf, 6)
+            before = rel.key_of(old) if marker == 75 else old
+            pos += 1  # the 'N'
+        after, _ = rel.decode(buf, pos)
+        if before is None:
+            before = rel.key_of(after)
+        elif marker == 79 and UNCHANGED in after.values():
+            # REPLICA IDENTITY FULL: the old row holds the unchanged TOAST values
+            after = {k: (before[k] if v is UNCHANGED else v) for k, v in after.items()}
+        return ChangeEvent(rel.table, Op.UPDATE, before, after, position, commit_ts, xid)
+    old, _ = rel.decode(buf, 6)
+    before = rel.key_of(old) if marker == 75 else old
+    return ChangeEvent(rel.table, Op.DELETE, before, None, position, commit_ts, xid)
+
+
+def _truncate_events(buf: bytes, relations: dict[int, RelationDecoder], position: PostgresPosition, commit_ts: Any, xid: int) -> list[ChangeEvent]:
+    """One truncate event per selected relation of a Truncate message."""
+    (nrels,) = _I32(buf, 1)
+    pos = 6
+    events = []
+    for _ in range(nrels):
+        (oid,) = _U32(buf, pos)
+        pos += 4
+        rel = relations.get(oid)
+        if rel is not None and rel.selected:
+            events.append(ChangeEvent.truncate(rel.table, position, commit_ts=commit_ts, txid=xid))
+    return events
 
 
 def _reshape_before_changes(txn: list[ChangeEvent], changes: list[SchemaChange], schemas: dict[TableId, Schema]) -> list[ChangeEvent]:
