@@ -20,7 +20,7 @@ from zetl_connectors.mysql.typemap import parse_column_type
 from zetl.errors import SourceError
 from zetl.schema.types import Field, TypeKind
 
-__all__ = ["Converter", "set_labels", "snapshot_converter", "stream_converter", "zetl_row_converter"]
+__all__ = ["UTF8_BYTES_SHORTCUTS", "Converter", "set_labels", "snapshot_converter", "stream_converter", "zetl_row_converter"]
 
 Converter = Callable[[Any], Any]
 _UTC = dt.UTC
@@ -76,6 +76,11 @@ def _json_text_to_python(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, str)):
         return orjson.loads(value)
     return _json_binary_to_python(value)
+
+
+# Converters whose result, for the text of a utf-8 column, is also what the function here gives
+# for the column's raw bytes (the stream's row decoder then makes no str first).
+UTF8_BYTES_SHORTCUTS: dict[Converter, Converter] = {_json_text_to_python: orjson.loads}
 
 
 def _json_binary_to_python(value: Any) -> Any:

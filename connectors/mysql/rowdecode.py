@@ -17,12 +17,15 @@ pass); it only does so when the event's columns are exactly the caller's.
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import struct
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
 from decimal import Decimal
 from typing import Any
+
+from zetl_connectors.mysql.convert import UTF8_BYTES_SHORTCUTS
 
 __all__ = ["RowDecoder"]
 
@@ -106,11 +109,12 @@ def _decimal_code(precision: int, scale: int, target: str, pad: str) -> list[str
 
     def expression(layout: list[tuple[int, int]], shift: int) -> str:
         # the groups' values, most significant first, combined in base 10**digits
-        terms = "0"
+        terms = ""
         for bits, digits in layout:
             shift -= bits
-            terms = f"({terms}) * {10 ** digits} + ((raw >> {shift}) & {(1 << bits) - 1})"
-        return terms
+            group = f"((raw >> {shift}) & {(1 << bits) - 1})"
+            terms = f"({terms}) * {10 ** digits} + {group}" if terms else group
+        return terms or "0"
 
     total_bits = size * 8
     int_bits = sum(bits for bits, _ in int_groups)
@@ -125,7 +129,9 @@ def _decimal_code(precision: int, scale: int, target: str, pad: str) -> list[str
         f"    raw ^= {(1 << (8 * size)) - 1}",
     ]
     if scale:
-        lines.append(f"{target} = D(('-' if negative else '') + str({whole}) + '.' + str({frac}).zfill({scale}))")
+        # the unscaled integer and an exponent: one str and Decimal's exact string constructor
+        lines.append(f"u = ({whole}) * {10 ** scale} + ({frac})")
+        lines.append(f'{target} = D(f"-{{u}}e-{scale}" if negative else f"{{u}}e-{scale}")')
     else:
         lines.append(f"{target} = D(('-' if negative else '') + str({whole}))")
     return [pad + line for line in lines]
@@ -249,6 +255,20 @@ def _reader(c: Any) -> Reader | None:
     return None
 
 
+def _is_utf8(encoding: str | None) -> bool:
+    return encoding is not None and codecs.lookup(encoding).name == "utf-8"
+
+
+def _utf8_shortcut(converter: Converter | None) -> Converter | None:
+    """What gives ``converter``'s result straight from a utf-8 column's raw bytes, if known."""
+    if converter is None:
+        return None
+    try:
+        return UTF8_BYTES_SHORTCUTS.get(converter)
+    except TypeError:  # an unhashable callable has no shortcut
+        return None
+
+
 _FIXED = {  # type code -> (struct format signed, unsigned); read inline by the generated code
     _TINY: ("<b", "<B"),
     _SHORT: ("<h", "<H"),
@@ -304,6 +324,8 @@ class _TableRows:
         nbytes = (len(names) + 7) // 8
         structs: list[Any] = []
         encodings: list[str | None] = []
+        shortcuts: list[Converter] = []
+        converted_inline: set[int] = set()
 
         def value(i: int, c: Any, target: str, pad: str) -> list[str]:
             """Code that reads column ``i`` at ``o`` into ``target`` and moves ``o`` past it."""
@@ -318,14 +340,30 @@ class _TableRows:
                     head = "n = (b[o] | b[o + 1] << 8) + 2"  # cheaper than int.from_bytes on a slice
                 else:
                     head = f"n = int.from_bytes(b[o:o + {prefix}], 'little') + {prefix}"
-                read = f"b[o + {prefix}:o + n]" if encodings[e] is None else f"b[o + {prefix}:o + n].decode(E[{e}])"
+                shortcut = _utf8_shortcut(converters[i]) if _is_utf8(encodings[e]) else None
+                if shortcut is not None:
+                    # the converter applied to the raw utf-8 bytes: no str is made first
+                    shortcuts.append(shortcut)
+                    converted_inline.add(i)
+                    read = f"J[{len(shortcuts) - 1}](b[o + {prefix}:o + n])"
+                elif encodings[e] is None:
+                    read = f"b[o + {prefix}:o + n]"
+                else:
+                    read = f"b[o + {prefix}:o + n].decode(E[{e}])"
                 return [pad + head, f"{pad}{target} = {read}", pad + "o += n"]
             if c.type == _DATETIME2:
                 # 5 bytes: sign bit, year*13+month (17 bits), day (5), hour (5), minute (6), second (6)
                 nfrac, factor = _fraction(c.fsp)
+                if nfrac:  # the date-time and its fraction in one read
+                    head = [
+                        pad + f"p = int.from_bytes(b[o:o + {5 + nfrac}], 'big')",
+                        pad + (f"f = (p & {(1 << (8 * nfrac)) - 1}) * {factor}" if factor != 1 else f"f = p & {(1 << (8 * nfrac)) - 1}"),
+                        pad + f"p = (p >> {8 * nfrac}) - 549755813888",
+                    ]
+                else:
+                    head = [pad + "p = int.from_bytes(b[o:o + 5], 'big') - 549755813888", pad + "f = 0"]
                 return [
-                    pad + "p = int.from_bytes(b[o:o + 5], 'big') - 549755813888",
-                    pad + (f"f = int.from_bytes(b[o + 5:o + {5 + nfrac}], 'big') * {factor}" if nfrac else "f = 0"),
+                    *head,
                     pad + f"o += {5 + nfrac}",
                     pad + "ymd = p >> 17",
                     pad + "ym = ymd >> 5",
@@ -339,6 +377,10 @@ class _TableRows:
                 ]
             if c.type == _NEWDECIMAL:
                 return _decimal_code(c.precision, c.decimals, target, pad)  # inline: no call per value
+            if c.type == _TINY:  # one byte: no struct call
+                if getattr(c, "unsigned", False):
+                    return [f"{pad}{target} = b[o]", pad + "o += 1"]
+                return [f"{pad}{target} = b[o]", f"{pad}if {target} > 127:", f"{pad}    {target} -= 256", pad + "o += 1"]
             if fixed is not None:
                 st = struct.Struct(fixed[1] if getattr(c, "unsigned", False) else fixed[0])
                 structs.append(st.unpack_from)
@@ -347,15 +389,27 @@ class _TableRows:
 
         def convert(i: int, target: str, pad: str) -> list[str]:
             """Code that applies column ``i``'s converter to ``target`` unless it is NULL."""
-            if converters[i] is None:
+            if converters[i] is None or i in converted_inline:
                 return []
             if columns[i].type in _NEVER_NONE:
                 return [f"{pad}{target} = C[{i}]({target})"]
             return [f"{pad}if {target} is not None:", f"{pad}    {target} = C[{i}]({target})"]
 
-        lines = ["def image(b, o):", f"    nulls = b[o:o + {nbytes}]", f"    o += {nbytes}"]
+        # The NULL bitmap as an int, without its padding bits: the server sets the bits past the
+        # last column to 1 (MariaDB and MySQL alike), so the bytes of a row without NULLs are not
+        # all zero unless the table has a multiple of 8 columns.
+        mask = (1 << len(columns)) - 1
+        if nbytes == 0:
+            bitmap = "0"
+        elif nbytes == 1:
+            bitmap = f"b[o] & {mask}"
+        elif nbytes == 2:
+            bitmap = f"(b[o] | b[o + 1] << 8) & {mask}"
+        else:
+            bitmap = f"int.from_bytes(b[o:o + {nbytes}], 'little') & {mask}"
+        lines = ["def image(b, o):", f"    nulls = {bitmap}", f"    o += {nbytes}"]
         # Rows without NULLs (the usual case): straight-line code and one dict display.
-        lines.append(f"    if nulls == {bytes(nbytes)!r}:")
+        lines.append("    if not nulls:")
         i = 0
         while i < len(columns):
             # Neighbouring fixed-width columns are unpacked by one struct call.
@@ -378,14 +432,14 @@ class _TableRows:
         lines.append("        return {" + ", ".join(f"N{i}: v{i}" for i in range(len(columns))) + "}, o")
         lines.append("    row = {}")
         for i, c in enumerate(columns):
-            lines.append(f"    if nulls[{i >> 3}] & {1 << (i & 7)}:")
+            lines.append(f"    if nulls & {1 << i}:")
             lines.append(f"        row[N{i}] = None")
             lines.append("    else:")
             lines += value(i, c, f"v{i}", "        ")
             lines += convert(i, f"v{i}", "        ")
             lines.append(f"        row[N{i}] = v{i}")
         lines.append("    return row, o")
-        namespace: dict[str, Any] = {"R": tuple(readers), "S": tuple(structs), "E": tuple(encodings), "DT": dt.datetime, "D": Decimal, "C": converters}
+        namespace: dict[str, Any] = {"R": tuple(readers), "S": tuple(structs), "E": tuple(encodings), "DT": dt.datetime, "D": Decimal, "C": converters, "J": tuple(shortcuts)}
         namespace.update({f"N{i}": name for i, name in enumerate(names)})  # names are values, never code
         exec(compile("\n".join(lines), "<zetl row image>", "exec"), namespace)  # noqa: S102 - generated from integers only
         return namespace["image"]  # type: ignore[no-any-return]

@@ -399,6 +399,7 @@ def test_row_decoder_matches_the_library_on_edge_values(mariadb_server: MariaDBS
             if f_img is not None and f_img["s"] == "" and l_img["s"] is None:
                 l_img["s"] = ""
     assert fast_rows == library_rows
+    assert repr(fast_rows) == repr(library_rows)  # the same decimal exponents and time zones too
     assert fast_rows[0][2]["d4"] == Decimal("-12345678901234567890123456789012345.123456789012345678901234567890")  # type: ignore[index]
     assert fast_rows[1][2]["d1"] == Decimal("-999.99") and fast_rows[3][1]["d1"] == Decimal("0.05")  # type: ignore[index]
     assert fast_rows[1][2]["ts1"] == dt.datetime(2038, 1, 19, 3, 14, 7, 900000, tzinfo=UTC)  # type: ignore[index]
@@ -424,6 +425,7 @@ def test_values_converted_while_decoding_match_the_library(mariadb_server: Maria
         assert gc.isenabled()  # paused only while a batch is being read
     fast_rows, library_rows = decoded
     assert fast_rows == library_rows
+    assert repr(fast_rows) == repr(library_rows)
     assert [op for op, _, _ in fast_rows] == [Op.INSERT, Op.INSERT, Op.UPDATE, Op.DELETE]
     assert fast_rows[0][2] == {  # type: ignore[comparison-overlap]
         "id": 1, "doc": {"a": [1, 2.5], "s": "é"}, "b": True, "bits": 10, "big": Decimal(18446744073709551615), "n": 5, "t": "x",

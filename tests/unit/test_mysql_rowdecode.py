@@ -121,3 +121,90 @@ def test_neighbouring_fixed_width_columns_read_together() -> None:
     row, end = decoder(cols).image(data, 0)
     assert end == len(data)
     assert row == {"a": 1, "b": None, "c": 2, "d": 3.0, "s": "", "e": 1.0, "f": 7}
+
+
+def _packed_decimal(text: str, precision: int, scale: int) -> bytes:
+    """MySQL's packed decimal: base-10**9 groups of 4 bytes, the leftover digits in 1-4 bytes (in
+    front of the integer part, after the fraction)."""
+    negative = text.startswith("-")
+    whole, _, frac = text.lstrip("-").partition(".")
+    whole = whole.rjust(precision - scale, "0")
+    frac = frac.ljust(scale, "0")
+    lead = len(whole) % 9
+    raw = int(whole[:lead] or 0).to_bytes(rowdecode._DIG2BYTES[lead], "big") if lead else b""
+    raw += b"".join(int(whole[i : i + 9]).to_bytes(4, "big") for i in range(lead, len(whole), 9))
+    full = scale - scale % 9
+    raw += b"".join(int(frac[i : i + 9]).to_bytes(4, "big") for i in range(0, full, 9))
+    if scale % 9:
+        raw += int(frac[full:]).to_bytes(rowdecode._DIG2BYTES[scale % 9], "big")
+    value = int.from_bytes(raw, "big") ^ (0x80 << (8 * (len(raw) - 1)))
+    if negative:
+        value ^= (1 << (8 * len(raw))) - 1
+    return value.to_bytes(len(raw), "big")
+
+
+_PADDED_COLUMNS = [  # ten columns: the null bitmap has six padding bits
+    Column("id", 3, unsigned=False),
+    Column("big", 8, unsigned=False),
+    Column("amount", 246, precision=12, decimals=2),
+    Column("name", 252, length_size=2, character_set_name="utf8mb4"),
+    Column("code", 15, max_length=128, character_set_name="utf8mb4"),
+    Column("at", 18, fsp=6),
+    Column("flag", 1, unsigned=False),
+    Column("doc", 252, length_size=4, character_set_name="utf8mb4"),
+    Column("small", 1, unsigned=True),
+    Column("note", 252, length_size=2, character_set_name="latin1"),
+]
+
+
+def _padded_row(nulls: bytes, amount: str = "-1234.05") -> bytes:
+    doc = '{"k": "é", "n": [1, 2.5]}'.encode()
+    values = struct.pack("<iq", -7, 2**40) + _packed_decimal(amount, 12, 2) + struct.pack("<H", 3) + b"abc" + bytes([2]) + b"C1"
+    values += datetime2(2024, 1, 1, 0, 0, 1, 6, 123456) + bytes([0xFE]) + struct.pack("<I", len(doc)) + doc + bytes([200])
+    values += struct.pack("<H", 2) + b"\xe9x"
+    return nulls + values
+
+
+def test_padding_bits_of_the_null_bitmap_are_not_nulls() -> None:
+    # The server sets the bitmap's bits past the last column (b'\x00\xfc' for ten columns without NULLs).
+    from decimal import Decimal
+
+    from zetl_connectors.mysql.convert import _json_text_to_python
+
+    rows = decoder(_PADDED_COLUMNS)
+    want = {
+        "id": -7, "big": 2**40, "amount": Decimal("-1234.05"), "name": "abc", "code": "C1", "at": dt.datetime(2024, 1, 1, 0, 0, 1, 123456),
+        "flag": -2, "doc": '{"k": "é", "n": [1, 2.5]}', "small": 200, "note": "éx",
+    }
+    for nulls in (b"\x00\x00", b"\x00\xfc"):
+        data = _padded_row(nulls)
+        row, end = rows.image(data, 0)
+        assert end == len(data) and row == want and str(row["amount"]) == "-1234.05"
+    converting = rows.converting((None,) * 7 + (_json_text_to_python,) + (None,) * 2)
+    row, _ = converting(_padded_row(b"\x00\xfc"), 0)
+    assert row == want | {"doc": {"k": "é", "n": [1, 2.5]}}
+    # a NULL (the second column) with the padding bits set: the per-column path
+    data = b"\x02\xfc" + _padded_row(b"")[:4] + _padded_row(b"")[12:]
+    row, end = rows.image(data, 0)
+    assert end == len(data) and row == want | {"big": None}
+
+
+def test_packed_decimals_keep_their_scale() -> None:
+    from decimal import Decimal
+
+    cols = [Column("a", 246, precision=5, decimals=2), Column("b", 246, precision=5, decimals=2), Column("c", 246, precision=4, decimals=0)]
+    data = bytes([0]) + _packed_decimal("-0.05", 5, 2) + _packed_decimal("100.00", 5, 2) + _packed_decimal("-9999", 4, 0)
+    row, end = decoder(cols).image(data, 0)
+    assert end == len(data)
+    assert row == {"a": Decimal("-0.05"), "b": Decimal(100), "c": Decimal(-9999)}
+    assert [str(v) for v in row.values()] == ["-0.05", "100.00", "-9999"]
+
+
+def test_json_of_a_column_that_is_not_utf8_is_decoded_to_text_first() -> None:
+    from zetl_connectors.mysql.convert import _json_text_to_python
+
+    cols = [Column("id", 3, unsigned=False), Column("doc", 252, length_size=2, character_set_name="latin1")]
+    rows = decoder(cols).converting((None, _json_text_to_python))
+    data = bytes([0]) + struct.pack("<i", 1) + struct.pack("<H", 9) + b'{"s":"\xe9"}'
+    row, end = rows(data, 0)
+    assert end == len(data) and row == {"id": 1, "doc": {"s": "é"}}

@@ -362,3 +362,26 @@ def test_iam_auth_makes_an_rds_token_and_turns_tls_on(monkeypatch: pytest.Monkey
     assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
     plain = connection_settings(MySQLConfig(password="pw"))
     assert "ssl" not in plain and plain["password"] == "pw"
+
+
+def test_event_builder_makes_ordinary_change_events() -> None:
+    import dataclasses
+    import pickle
+
+    from zetl_connectors.mysql.stream import event_builder
+
+    from zetl.events import ChangeEvent
+
+    build = event_builder()
+    assert build is not ChangeEvent  # the fast path is in use for the current ChangeEvent
+    table, at = TableId("shop", "orders"), dt.datetime(2024, 1, 2, tzinfo=dt.UTC)
+    position = MySQLPosition("binlog.000001", 4, "0-1-5")
+    for op, before, after in ((Op.INSERT, None, {"id": 1}), (Op.UPDATE, {"id": 1}, {"id": 2}), (Op.DELETE, {"id": 2}, None), (Op.TRUNCATE, None, None)):
+        fast = build(table, op, before, after, position, at, "0-1-5")
+        slow = ChangeEvent(table, op, before, after, position, at, "0-1-5")
+        assert type(fast) is ChangeEvent
+        assert fast == slow and repr(fast) == repr(slow) and str(fast) == str(slow)
+        assert dataclasses.replace(fast, txid="x") == dataclasses.replace(slow, txid="x")
+        assert pickle.loads(pickle.dumps(fast)) == slow
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            fast.op = Op.READ  # type: ignore[misc]
