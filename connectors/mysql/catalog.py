@@ -13,7 +13,7 @@ from zetl.events import TableId
 from zetl.plugin import TableSelector
 from zetl.schema.types import Field, Schema
 
-__all__ = ["SYSTEM_SCHEMAS", "is_system_schema", "quote_ident", "quote_table", "read_schemas"]
+__all__ = ["SYSTEM_SCHEMAS", "is_system_schema", "quote_ident", "quote_table", "read_schemas", "selected_tables"]
 
 SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
 _JSON_CHECK = re.compile(r"json_valid\(\s*`((?:[^`]|``)+)`\s*\)", re.IGNORECASE)
@@ -46,6 +46,14 @@ def _json_columns(cursor: Any, mariadb: bool, tables: Iterable[TableId]) -> set[
             for m in _JSON_CHECK.finditer(clause or ""):
                 out.add((db, table, m.group(1).replace("``", "`")))
     return out
+
+
+def selected_tables(conn: Any, selector: TableSelector) -> list[TableId]:
+    """The selected base tables that exist now (system schemas excluded), sorted; names only."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE'")
+        found = [TableId(str(db), str(name)) for db, name in cur.fetchall() if not is_system_schema(str(db))]
+    return sorted(t for t in found if selector.matches(t))
 
 
 def read_schemas(conn: Any, selector: TableSelector, *, mariadb: bool, only: Iterable[TableId] | None = None) -> list[Schema]:

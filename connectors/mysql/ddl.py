@@ -150,13 +150,12 @@ def _alter(ctx: _Context, tree: Any, exp: Any, sql: str) -> None:
             return
         if isinstance(action, exp.ColumnDef):
             f = _column_def(action, exp)
-            position = action.args.get("position")
-            after = None
-            if position is not None:
-                where = str(position.args.get("position") or "").upper()
-                if where == "AFTER" and position.this is not None:
-                    after = position.this.name
+            where, after = _position(action)
+            # The canonical change cannot say FIRST (after=None means "at the end"): sinks append
+            # the column; the tracked schema, which decodes rows by position, puts it first.
             ctx.emit(AddColumn(table, f, after))
+            if where == "FIRST":
+                _place(ctx, table, f.name, where, None, sql)
         elif isinstance(action, exp.Drop) and str(action.args.get("kind") or "").upper() == "COLUMN":
             for col in action.args.get("tables") or action.expressions:
                 ctx.emit(DropColumn(table, col.name))
@@ -179,6 +178,9 @@ def _alter(ctx: _Context, tree: Any, exp: Any, sql: str) -> None:
                 ctx.schemas[table] = current.replace_fields(
                     [f if f.name != new.name else Field(f.name, f.type, f.nullable, f.primary_key, new.source_type, f.doc) for f in current.fields], bump=False
                 )
+            where, after = _position(action.this)
+            if where is not None:
+                _place(ctx, table, new.name, where, after, sql)
         elif isinstance(action, exp.RenameColumn):
             ctx.emit(RenameColumn(table, action.this.name, action.args["to"].name))
         elif isinstance(action, exp.AlterRename):
@@ -197,6 +199,43 @@ def _alter(ctx: _Context, tree: Any, exp: Any, sql: str) -> None:
         else:
             log.warning("ALTER TABLE action not understood (%s) in %r: re-reading %s from information_schema", type(action).__name__, sql, table)
             ctx.result.reread.append(table)
+
+
+def _position(coldef: Any) -> tuple[str | None, str | None]:
+    """A column definition's ``FIRST`` / ``AFTER x``: ("FIRST", None), ("AFTER", "x") or (None, None)."""
+    position = coldef.args.get("position")
+    if position is None:
+        return None, None
+    where = str(position.args.get("position") or "").upper()
+    if where == "AFTER" and position.this is not None:
+        return where, position.this.name
+    if where == "FIRST":
+        return where, None
+    return None, None
+
+
+def _place(ctx: _Context, table: TableId, column: str, where: str, after: str | None, sql: str) -> None:
+    """Move ``column`` of the tracked schema FIRST or AFTER ``after``.
+
+    Only the tracked schema changes (it says in which order row images carry the columns);
+    there is no canonical change for a column's position, so sinks keep their own order.
+    A column or anchor the tracked schema does not have means it is out of step with the
+    server: the table is re-read from ``information_schema``.
+    """
+    schema = ctx.schemas.get(table)
+    if schema is None:
+        return
+    names = schema.names
+    if column not in names or (where == "AFTER" and after not in names):
+        log.warning("%r places %s %s %s, which the tracked schema of %s does not have: re-reading it", sql, column, where, after or "", table)
+        ctx.result.reread.append(table)
+        return
+    moved = schema.fields[names.index(column)]
+    rest = [f for f in schema.fields if f.name != column]
+    index = 0 if where == "FIRST" else [f.name for f in rest].index(after) + 1  # type: ignore[arg-type]
+    rest.insert(index, moved)
+    if [f.name for f in rest] != list(names):
+        ctx.schemas[table] = schema.replace_fields(rest, bump=False)
 
 
 def _rename_table(ctx: _Context, old: TableId, new: TableId) -> None:

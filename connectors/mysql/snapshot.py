@@ -1,7 +1,8 @@
 """The initial copy: a consistent snapshot read by primary key into Arrow chunks.
 
 The binlog coordinate (and GTID state) is read under the snapshot transaction, so streaming from
-it continues exactly where the copy's view of the data ends: no gap, no overlap.
+it continues exactly where the copy's view of the data ends: no gap, no overlap (see
+``begin_consistent_snapshot`` for how each server kind and privilege set gets there).
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from zetl_connectors.mysql.catalog import quote_ident, quote_table
+from zetl_connectors.mysql.catalog import quote_ident, quote_table, selected_tables
+from zetl_connectors.mysql.connection import pymysql
 from zetl_connectors.mysql.convert import snapshot_converter
 from zetl_connectors.mysql.position import MySQLPosition
 
+from zetl.errors import SourceError
 from zetl.events import TableId
+from zetl.plugin import TableSelector
 from zetl.schema.types import Field, Schema, TypeKind
 
 __all__ = ["SnapshotChunk", "begin_consistent_snapshot", "current_position", "read_table"]
@@ -30,28 +34,67 @@ def _set_session(cur: Any) -> None:
     cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
 
+def _master_status(cur: Any) -> tuple[str, int, str | None]:
+    """File, offset and (MySQL) executed GTID set of the binlog's end, from ``SHOW MASTER STATUS``."""
+    cur.execute("SHOW MASTER STATUS")
+    row = cur.fetchone()
+    if row is None:
+        raise SourceError("SHOW MASTER STATUS returned nothing: the binlog is off (set log_bin and restart the server)", retryable=False)
+    gtid = row[4] if len(row) > 4 else None  # MariaDB has no GTID column here
+    return str(row[0]), int(row[1]), (str(gtid).replace("\n", "") or None) if gtid else None
+
+
 def current_position(conn: Any, mariadb: bool) -> MySQLPosition:
     """The server's binlog coordinate now (for ``snapshot: never``)."""
     with conn.cursor() as cur:
-        cur.execute("SHOW MASTER STATUS")
-        row = cur.fetchone()
-        if row is None:
-            raise RuntimeError("SHOW MASTER STATUS returned nothing: the binlog is off")
-        file, pos = row[0], int(row[1])
+        file, pos, gtid = _master_status(cur)
         if mariadb:
             cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
             gtid = cur.fetchone()[0]
-        else:
-            gtid = row[4] if len(row) > 4 else None
     return MySQLPosition(file, pos, (gtid or "").replace("\n", "") or None)
 
 
-def begin_consistent_snapshot(conn: Any, mariadb: bool, log: logging.Logger) -> MySQLPosition:
+# Refusals of FLUSH TABLES WITH READ LOCK for want of the RELOAD privilege (RDS/Aurora answer
+# 1045 even to their master user; servers answer 1227 "you need the RELOAD privilege").
+_LOCK_REFUSED = frozenset({1044, 1045, 1142, 1227})
+# LOCK TABLES on a table dropped since it was listed.
+_NO_SUCH_TABLE = 1146
+_LOCK_ATTEMPTS = 3
+_LOCK_WAIT_SECONDS = 120
+
+
+def begin_consistent_snapshot(
+    conn: Any,
+    mariadb: bool,
+    log: logging.Logger,
+    *,
+    selector: TableSelector | None = None,
+    lock_connection: Callable[[], Any] | None = None,
+) -> MySQLPosition:
     """Open a consistent-snapshot transaction on ``conn``; return the binlog coordinate it matches.
 
-    MariaDB reports that coordinate without any lock (``binlog_snapshot_file/position``); MySQL
-    needs a brief global read lock while the transaction starts (``RELOAD`` privilege).
+    Guarantee: every transaction that changed a selected table is either visible to the snapshot
+    and before the coordinate, or invisible to it and after the coordinate (no gap, no overlap).
+
+    * MariaDB reports the coordinate of the snapshot itself (``binlog_snapshot_file/position``):
+      no lock at all.
+    * MySQL: a global read lock (``FLUSH TABLES WITH READ LOCK``, ``RELOAD`` privilege) held
+      while the transaction starts and the coordinate is read; every commit waits a moment.
+    * MySQL without ``RELOAD`` (RDS/Aurora): when the global lock is refused, and ``selector``
+      and ``lock_connection`` are given, ``LOCK TABLES <each selected table> READ`` is taken on
+      a second connection instead (``LOCK TABLES`` and ``SELECT`` privileges); see
+      ``_begin_under_table_locks`` for why that keeps the same guarantee for the selected
+      tables. Writers of those tables wait a moment; other tables are not held up.
+
+    ``performance_schema.log_status`` (MySQL 8, ``BACKUP_ADMIN``) is not used: it reports a
+    binlog coordinate without blocking commits, but nothing ties that coordinate to the read
+    view of a transaction, so it cannot place a snapshot on the binlog by itself.
+
+    Raises:
+        SourceError: the global read lock is refused and no table-lock fallback is possible
+            (says which privileges to grant).
     """
+    driver = pymysql()
     with conn.cursor() as cur:
         _set_session(cur)
         if mariadb:
@@ -62,18 +105,100 @@ def begin_consistent_snapshot(conn: Any, mariadb: bool, log: logging.Logger) -> 
             cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
             gtid = cur.fetchone()[0] or None
         else:
-            cur.execute("FLUSH TABLES WITH READ LOCK")
             try:
-                cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
-                cur.execute("SHOW MASTER STATUS")
-                row = cur.fetchone()
-                file, pos = row[0], int(row[1])
-                gtid = (row[4] if len(row) > 4 else "") or None
-            finally:
-                cur.execute("UNLOCK TABLES")
+                cur.execute("FLUSH TABLES WITH READ LOCK")
+            except driver.err.MySQLError as exc:
+                code = exc.args[0] if exc.args else None
+                if code not in _LOCK_REFUSED:
+                    raise
+                if selector is None or lock_connection is None:
+                    raise SourceError(
+                        f"the snapshot needs a global read lock and the server refused it ({exc.args[-1]}): grant the"
+                        " RELOAD privilege, or LOCK TABLES on the selected tables",
+                        retryable=False,
+                    ) from exc
+                log.warning(
+                    "FLUSH TABLES WITH READ LOCK refused (%s): locking only the selected tables (LOCK TABLES ... READ)"
+                    " while the snapshot starts; their writers wait a moment. Grant RELOAD to use the global lock instead",
+                    exc.args[-1],
+                )
+                file, pos, gtid = _begin_under_table_locks(conn, selector, lock_connection, log)
+            else:
+                try:
+                    cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                    file, pos, gtid = _master_status(cur)
+                finally:
+                    cur.execute("UNLOCK TABLES")
     position = MySQLPosition(file, pos, gtid.replace("\n", "") if gtid else None)
     log.info("consistent snapshot at %s", position)
     return position
+
+
+def _begin_under_table_locks(conn: Any, selector: TableSelector, lock_connection: Callable[[], Any], log: logging.Logger) -> tuple[str, int, str | None]:
+    """Start the snapshot transaction on ``conn`` while a second connection holds
+    ``LOCK TABLES <selected> READ``; the binlog coordinate is read inside the transaction.
+
+    Why a second connection: ``START TRANSACTION`` releases the table locks of its own session
+    (and ``LOCK TABLES`` ends an open transaction), so one session cannot hold both.
+
+    Why there is no gap and no overlap for the selected tables:
+      * ``LOCK TABLES ... READ`` returns only once no transaction that wrote one of them is still
+        open (the write's metadata lock is held until the transaction has fully committed, and a
+        commit is in the binlog before it is visible), and until ``UNLOCK TABLES`` no statement
+        can write one of them.
+      * So while the lock is held, no change to them commits: the snapshot started then sees
+        every change to them that is before the coordinate read then, and none after it.
+    Transactions of other tables go on meanwhile; they do not matter to this integration.
+
+    A selected table created between listing the tables and locking them would not be covered:
+    the list is read again under the lock, and the lock taken again with the new list
+    (``_LOCK_ATTEMPTS`` times at most).
+    """
+    driver = pymysql()
+    tables = selected_tables(conn, selector)
+    locker = lock_connection()
+    try:
+        with locker.cursor() as lock_cur:
+            # a long transaction on a selected table makes LOCK TABLES wait, and new writers queue
+            # behind it: give up after a bounded wait (error 1205, retried by the runner)
+            lock_cur.execute("SET SESSION lock_wait_timeout = %s", (_LOCK_WAIT_SECONDS,))
+            for attempt in range(1, _LOCK_ATTEMPTS + 1):
+                if tables:
+                    try:
+                        lock_cur.execute("LOCK TABLES " + ", ".join(f"{quote_table(t)} READ" for t in tables))
+                    except driver.err.MySQLError as exc:
+                        code = exc.args[0] if exc.args else None
+                        if code == _NO_SUCH_TABLE and attempt < _LOCK_ATTEMPTS:
+                            tables = selected_tables(conn, selector)  # dropped meanwhile
+                            continue
+                        if code in _LOCK_REFUSED:
+                            raise SourceError(
+                                f"the snapshot needs a lock to start without gap or overlap and the server refused both"
+                                f" FLUSH TABLES WITH READ LOCK and LOCK TABLES ({exc.args[-1]}): grant RELOAD (global lock) or"
+                                " LOCK TABLES on the selected tables' databases, e.g. GRANT LOCK TABLES ON `db`.* TO <user>",
+                                retryable=False,
+                            ) from exc
+                        raise
+                try:
+                    locked_now = selected_tables(locker, selector)
+                    if set(locked_now) - set(tables):
+                        log.info("tables created while the snapshot lock was taken (%s): locking again", ", ".join(map(str, sorted(set(locked_now) - set(tables)))))
+                        tables = locked_now
+                        if attempt < _LOCK_ATTEMPTS:
+                            continue
+                        raise SourceError(
+                            f"selected tables kept being created while the snapshot lock was taken ({_LOCK_ATTEMPTS} attempts); retrying later",
+                            retryable=True,
+                        )
+                    with conn.cursor() as cur:
+                        cur.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+                        return _master_status(cur)
+                finally:
+                    if tables:
+                        lock_cur.execute("UNLOCK TABLES")
+    finally:
+        locker.close()
+    raise AssertionError("unreachable: every attempt returns, continues or raises")
 
 
 @dataclass

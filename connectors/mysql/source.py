@@ -251,7 +251,10 @@ class MySQLSource(Source[MySQLConfig]):
     def _snapshot(self, start: MySQLPosition | None) -> Iterator[Batch]:
         self._phase = "snapshot"
         conn = self._ctl()
-        begun = begin_consistent_snapshot(conn, self.mariadb, self.log)
+        begun = begin_consistent_snapshot(
+            conn, self.mariadb, self.log, selector=self.context.tables,
+            lock_connection=lambda: connect(self.config, "locking the selected tables while the snapshot starts"),
+        )
         base = start if start is not None else begun
         progress = start.snapshot if start is not None and start.snapshot is not None else SnapshotProgress()
         schemas = read_schemas(conn, self.context.tables, mariadb=self.mariadb)

@@ -27,6 +27,7 @@ from zetl_connectors.mysql.ddl import interpret
 from zetl_connectors.mysql.gtid import MariaDBGtidState, MySQLGtidSet
 from zetl_connectors.mysql.position import MySQLPosition
 from zetl_connectors.mysql.rowdecode import RowDecoder
+from zetl_connectors.mysql.tablemap import name_columns_from_schema
 
 from zetl.errors import NeedsAttentionError, SourceConnectionError
 from zetl.events import Batch, ChangeEvent, Op, TableId
@@ -342,6 +343,7 @@ class BinlogAssembler:
             if fast is not None:
                 self._txn_rows.append((table, op, fast, ts))
                 return
+        name_columns_from_schema(event, dec.schema)  # binlogs logged without column names
         row = dec.row
         if op is Op.INSERT or op is Op.DELETE:
             self._txn_rows.append((table, op, [row(r["values"], log) for r in event.rows], ts))
@@ -372,6 +374,10 @@ class BinlogAssembler:
                 self._txn_changes.append(CreateTable(change.table, before[change.table]))
         changes = list(result.changes)
         self.schemas = dict(result.schemas)
+        for table, schema in self.schemas.items():
+            if before.get(table) is not schema:  # also reshaped without a canonical change (column order, native type)
+                self._decoders.pop(table, None)
+                self._ddl_tables.add(table)
         for table in result.created:
             schema = self.reread(table) or result.created_from_statement.get(table)
             if schema is None:
