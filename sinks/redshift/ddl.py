@@ -50,6 +50,7 @@ class SchemaChangeMixin:
     _layout: Callable[[TableId], TableLayout | None]
     _execute: Callable[..., Any]
     _rollback: Callable[[], None]
+    _require_writable: Callable[[str], None]
     target_table_name: Callable[[TableId], str]
 
     def can_apply(self, change: SchemaChange) -> bool:
@@ -97,6 +98,7 @@ class SchemaChangeMixin:
         return "swap"
 
     def apply(self, change: SchemaChange) -> None:
+        self._require_writable(f"apply '{change}'")
         try:
             self._apply(change)
         except ZetlError:

@@ -23,7 +23,7 @@ from zetl.schema.changes import (
     RenameColumn,
     TruncateTable,
 )
-from zetl.schema.types import Schema
+from zetl.schema.types import Field, Schema
 from zetl.sink import Sink, SinkCapabilities
 
 from . import sql
@@ -32,7 +32,7 @@ from .diagnose import locate_rejected_value
 from .ddl import SchemaChangeMixin
 from .errors import map_driver_error
 from .identifiers import IdentifierRules
-from .layout import ColumnLayout, TableLayout
+from .layout import HISTORY_COLUMNS, ColumnLayout, TableLayout
 from .plan import Segment, StagedRow, plan_table
 from .s3stage import S3Stager, StagedBatch
 from .typemap import canonical_type
@@ -102,9 +102,15 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         """The target schema as Redshift names it (folded and shortened like every identifier)."""
         self._conn: Any = None
         self._layouts: dict[TableId, TableLayout | None] = {}
+        self._unmanaged: dict[TableId, tuple[Field, ...]] = {}
+        """Per table, the Redshift columns added by hand (seen when the layout was loaded)."""
         self._stored: Position | None = None
         self._stored_loaded = False
         self._stage_counter = 0
+        self._has_checkpoints = False
+        """Whether ``_zetl_checkpoints`` exists (always after a writable open)."""
+        self._has_metadata = False
+        """Whether ``_zetl_tables`` exists (always after a writable open)."""
         self._stager: S3Stager | None = None
         self._current: tuple[TableLayout, Segment] | None = None
         self._stats: dict[str, Any] = {"batches": 0, "rows": 0, "copy_batches": 0, "insert_batches": 0, "skipped_batches": 0}
@@ -141,10 +147,18 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
             if sock is not None and hasattr(sock, "settimeout"):
                 sock.settimeout(None)
             if cfg.case_sensitive_identifiers:
-                self._execute("SET enable_case_sensitive_identifier TO true")
-            self._execute(sql.create_schema(self.schema_name))
-            self._execute(sql.create_checkpoint_table(self.schema_name))
-            self._execute(sql.create_metadata_table(self.schema_name))
+                self._execute("SET enable_case_sensitive_identifier TO true")  # session setting only
+            if self.context.read_only:
+                # Inspection (zetl drift) creates nothing: a missing schema or table of zetl's
+                # own means nothing is stored yet, which needs only SELECT/USAGE to find out.
+                present = {row[0] for row in self._fetchall(sql.select_zetl_tables(), (self.schema_name,))}
+                self._has_checkpoints = sql.CHECKPOINT_TABLE in present
+                self._has_metadata = sql.METADATA_TABLE in present
+            else:
+                self._execute(sql.create_schema(self.schema_name))
+                self._execute(sql.create_checkpoint_table(self.schema_name))
+                self._execute(sql.create_metadata_table(self.schema_name))
+                self._has_checkpoints = self._has_metadata = True
             self._conn.commit()
         except ZetlError:
             self.close()
@@ -203,7 +217,7 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         target = self.target_table_name(table)
         try:
             catalog = self._fetchall(sql.select_columns(), (schema_name, target))
-            stored = self._fetchall(sql.select_metadata(schema_name), (target,))
+            stored = self._fetchall(sql.select_metadata(schema_name), (target,)) if catalog and self._has_metadata else []
             self._conn.commit()
         except Exception as exc:
             self._rollback()
@@ -218,6 +232,7 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
                     "make sink.table_name tell them apart (e.g. \"{namespace}_{name}\") or replicate them with different schemas",
                     table=str(table),
                 )
+            self._unmanaged[table] = self._unmanaged_columns(layout, catalog)
             return layout
         # A table zetl did not create: take it as it is (names are the source names).
         history_names = {"_op", "_position", "_valid_from", "_valid_to"}
@@ -234,12 +249,38 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
             columns.append(ColumnLayout(name, name, ctype, nullable == "YES"))
         return TableLayout(table, schema_name, target, tuple(columns), (), history)
 
+    def _unmanaged_columns(self, layout: TableLayout, catalog: list[Any]) -> tuple[Field, ...]:
+        """Columns of the Redshift table that zetl's layout does not know (added by hand)."""
+        known = {c.target for c in layout.columns} | ({n for n, _ in HISTORY_COLUMNS} if layout.history else set())
+        fields = []
+        for name, data_type, length, precision, scale, _nullable in catalog:
+            if name in known:
+                continue
+            try:
+                ctype = canonical_type(str(data_type), length, precision, scale)
+            except ValueError as exc:
+                self.log.warning("column %s.%s.%s (not created by zetl) is left out of the target schema: %s", layout.target_schema, layout.target_table, name, exc)
+                continue
+            fields.append(Field(name, ctype, nullable=True, source_type=str(data_type)))
+        return tuple(fields)
+
     def current_schema(self, table: TableId) -> Schema | None:
+        """The table as it is in Redshift: zetl's columns (with their source names and canonical
+        nullability), then columns added by hand (nullable; zetl never writes them); None if the
+        table does not exist."""
         layout = self._layout(table)
-        return layout.schema() if layout is not None else None
+        if layout is None:
+            return None
+        schema = layout.schema()
+        taken = set(schema.names)
+        extra = tuple(f for f in self._unmanaged.get(table, ()) if f.name not in taken)
+        return Schema(schema.table, schema.fields + extra, schema.primary_key) if extra else schema
 
     # -- checkpoints ----------------------------------------------------------------------
     def stored_position(self) -> Position | None:
+        if not self._has_checkpoints:  # read only, before any run: nothing stored yet
+            self._stored, self._stored_loaded = None, True
+            return None
         try:
             rows = self._fetchall(sql.select_checkpoint(self.schema_name), (self.context.integration,))
             self._conn.commit()
@@ -263,7 +304,12 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         return position <= stored
 
     # -- writing --------------------------------------------------------------------------
+    def _require_writable(self, what: str) -> None:
+        if self.context.read_only:
+            raise SinkError(f"the Redshift sink was opened read only (zetl drift); refusing to {what}", retryable=False)
+
     def write(self, batch: Batch) -> Position | None:
+        self._require_writable("write a batch")
         if not batch.events and not batch.chunks and batch.end_position is None:
             return None  # nothing to write and no position to store (an idle batch)
         if self._already_written(batch.end_position):

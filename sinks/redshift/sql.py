@@ -262,6 +262,14 @@ def select_metadata(schema: str) -> str:
     return f'SELECT "layout" FROM {quote(schema)}.{quote(METADATA_TABLE)} WHERE "target_table" = %s'
 
 
+def select_zetl_tables() -> str:
+    """Which of zetl's own tables exist in a schema (a missing schema: none); read only."""
+    return (
+        "SELECT table_name FROM information_schema.tables "
+        f"WHERE table_schema = %s AND table_name IN ('{CHECKPOINT_TABLE}', '{METADATA_TABLE}')"
+    )
+
+
 def select_columns() -> str:
     """The catalog's view of a table (works on Redshift and Postgres)."""
     return (

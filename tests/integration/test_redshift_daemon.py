@@ -5,6 +5,8 @@
   must be there exactly once, resumed from ``_zetl_checkpoints`` alone.
 * The Postgres source (logical replication) through the runner: snapshot, inserts, updates,
   deletes, a jsonb document queryable by key in SUPER, and an added column.
+* ``zetl drift`` against the target before any run and after one, also as a role that may only
+  read: the report is right and the target gains no schema, table or row.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def source_database(pg_server: PostgresServer) -> Iterator[str]:
         pg_server.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _until(check: Any, timeout: float = 30) -> None:
+def _until(check: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -198,3 +200,90 @@ def test_mariadb_to_redshift_end_to_end(mariadb_server: Any, mariadb_database: s
     assert set(rows) == set(range(1, 12)) - {2}
     assert rows[1]["total"] == Decimal("100.50") and rows[3]["total"] == Decimal("0.75")
     assert rows[11]["status"] == "open" and rows[3]["placed"].microsecond == 678901
+
+
+# -- zetl drift: read only --------------------------------------------------------------------
+
+_USER_OBJECTS = (
+    "SELECT n.nspname AS schema, coalesce(c.relname, '') AS relation FROM pg_namespace n "
+    "LEFT JOIN pg_class c ON c.relnamespace = n.oid "
+    "WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'"
+)
+
+
+def _objects(target: RedshiftTarget) -> set[tuple[str, str]]:
+    """Every schema and relation (tables, indexes, sequences, ...) of the target database."""
+    return {(r["schema"], r["relation"]) for r in target.query(_USER_OBJECTS)}
+
+
+@pytest.fixture
+def select_only_user(pg_server: PostgresServer, redshift_target: RedshiftTarget) -> Iterator[str]:
+    """A login role that may read (USAGE on public and the shim) but not create anything."""
+    role = f"reader_{abs(hash(redshift_target.database)) % 10**8}"
+    pg_server.psql(f'DROP ROLE IF EXISTS "{role}"')
+    pg_server.psql(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        pg_server.psql(f'GRANT USAGE ON SCHEMA public, zetl_shim TO "{role}"', dbname=redshift_target.database)
+        yield role
+    finally:
+        pg_server.psql(f'DROP OWNED BY "{role}"', dbname=redshift_target.database)
+        pg_server.psql(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_drift_changes_nothing_in_redshift_before_and_after_a_run(
+    pg_server: PostgresServer, redshift_target: RedshiftTarget, select_only_user: str, tmp_path: Path
+) -> None:
+    from zetl.drift import drift_report
+    from zetl.errors import SinkError
+    from zetl.plugin import PluginContext
+    from zetl.status import State
+    from zetl_sinks.redshift import RedshiftConfig, RedshiftSink
+
+    source = {"type": "memory", "snapshot_rows": 30, "stream_events": 20}
+    config = _write_yaml(tmp_path / "drift.yaml", "rs-drift", source, redshift_target.sink_config(schema="analytics"))
+    reader_config = _write_yaml(tmp_path / "drift_reader.yaml", "rs-drift", source, redshift_target.sink_config(schema="analytics", user=select_only_user))
+    db = redshift_target.database
+
+    # The role really cannot create zetl's schema: a writable open fails, so the reports below
+    # prove that drift needs no more than SELECT/USAGE.
+    reader_sink = RedshiftSink(RedshiftConfig.model_validate(redshift_target.sink_config(schema="analytics", user=select_only_user)), PluginContext(integration="x"))
+    with pytest.raises(SinkError, match="permission denied"):
+        reader_sink.open()
+
+    before = _objects(redshift_target)
+    assert not any(schema == "analytics" for schema, _ in before)
+    for path in (config, reader_config):
+        report = drift_report(load_integration(path))
+        assert report.error is None and report.exit_code == 1, report.to_json()
+        [table] = report.tables
+        assert str(table.table) == "demo.items" and table.target is None
+        assert [(s["kind"], s["decision"]) for s in table.to_json()["steps"]] == [("create.table", "apply")]
+        assert table.only_in_source == ["id", "name", "amount", "updated_at", "doc"]
+        assert _objects(redshift_target) == before, "drift created something in the target"
+
+    assert IntegrationRunner(load_integration(config)).run() is State.STOPPED
+    pg_server.psql(f'GRANT USAGE ON SCHEMA analytics TO "{select_only_user}"', dbname=db)
+    pg_server.psql(f'GRANT SELECT ON ALL TABLES IN SCHEMA analytics TO "{select_only_user}"', dbname=db)
+    after_run = _objects(redshift_target)
+    checkpoint = redshift_target.query("SELECT position, updated_at FROM analytics._zetl_checkpoints")
+    layouts = redshift_target.query("SELECT target_table, layout, updated_at FROM analytics._zetl_tables")
+    rows = redshift_target.query("SELECT count(*) AS n FROM analytics.items")
+    for path in (config, reader_config):
+        report = drift_report(load_integration(path))
+        assert report.error is None and report.exit_code == 0, report.to_json()
+        [table] = report.tables
+        assert table.target is not None and table.status() == "in_sync" and not table.plan.steps
+    assert _objects(redshift_target) == after_run
+    assert redshift_target.query("SELECT position, updated_at FROM analytics._zetl_checkpoints") == checkpoint
+    assert redshift_target.query("SELECT target_table, layout, updated_at FROM analytics._zetl_tables") == layouts
+    assert redshift_target.query("SELECT count(*) AS n FROM analytics.items") == rows
+
+    # A column added by hand in the target is reported, still without touching anything.
+    pg_server.psql("ALTER TABLE analytics.items ADD COLUMN legacy_flag boolean", dbname=db)
+    drifted = _objects(redshift_target)
+    report = drift_report(load_integration(reader_config))
+    assert report.error is None, report.error
+    [table] = report.tables
+    assert table.only_in_target == ["legacy_flag"] and table.only_in_source == []
+    assert report.exit_code == 1, report.to_json()
+    assert _objects(redshift_target) == drifted
