@@ -22,7 +22,7 @@ from .typemap import ARRAY_ELEMENTS, BUILTIN_TYPES, PgType, canonical_type
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["Catalog", "TableInfo", "connect", "driver_error", "quote_ident"]
+__all__ = ["Catalog", "OnlyTables", "TableInfo", "connect", "driver_error", "quote_ident"]
 
 log = logging.getLogger("zetl.postgres")
 
@@ -112,6 +112,16 @@ class TableInfo:
     replica_identity: str  # d default, f full, i index, n nothing
     estimated_rows: int
     pg_types: dict[str, str]  # column -> format_type text
+
+
+class OnlyTables:
+    """A table selector accepting exactly the given tables (to describe a few known ones)."""
+
+    def __init__(self, tables: Iterable[TableId]) -> None:
+        self.tables = frozenset(tables)
+
+    def matches(self, table: TableId) -> bool:
+        return table in self.tables
 
 
 class Catalog:
@@ -228,10 +238,16 @@ class Catalog:
         return result
 
     @staticmethod
+    def lacks_identity(table: TableInfo) -> bool:
+        """Whether Postgres would reject UPDATE/DELETE on the table once published: no primary
+        key under REPLICA IDENTITY DEFAULT, or REPLICA IDENTITY NOTHING."""
+        return table.replica_identity == "n" or (not table.schema.primary_key and table.replica_identity == "d")
+
+    @staticmethod
     def check_identities(tables: list[TableInfo]) -> None:
         """UPDATE/DELETE fail in Postgres on a published table without a replica identity: no
         primary key under REPLICA IDENTITY DEFAULT, or REPLICA IDENTITY NOTHING."""
-        bad = [t for t in tables if t.replica_identity == "n" or (not t.schema.primary_key and t.replica_identity == "d")]
+        bad = [t for t in tables if Catalog.lacks_identity(t)]
         if bad:
             names = ", ".join(str(t.table) for t in bad)
             fixes = "; ".join(f"ALTER TABLE {quote_ident(t.table.namespace)}.{quote_ident(t.table.name)} REPLICA IDENTITY FULL" for t in bad)
@@ -243,40 +259,70 @@ class Catalog:
             )
 
     # -- publication -----------------------------------------------------------------------
-    def ensure_publication(self, name: str, tables: list[TableInfo]) -> None:
-        """Create the publication for exactly ``tables``, or bring an existing one in line."""
+    def publication(self, name: str) -> tuple[bool, str, bool] | None:
+        """``(for all tables, owner, current user may change it)`` of publication ``name``, or None."""
+        rows = self._query(
+            "SELECT p.puballtables, pg_get_userbyid(p.pubowner), pg_has_role(p.pubowner, 'USAGE') FROM pg_publication p WHERE p.pubname = %s", (name,)
+        )
+        if not rows:
+            return None
+        all_tables, owner, may_change = rows[0]
+        return bool(all_tables), str(owner), bool(may_change)
+
+    def published_tables(self, name: str) -> set[TableId]:
+        """Tables the publication covers (explicitly, through a schema, or as ``FOR ALL TABLES``)."""
+        return {TableId(ns, rel) for ns, rel in self._query("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))}
+
+    def ensure_publication(self, name: str, tables: list[TableInfo], *, add_missing: bool = True) -> None:
+        """Create the publication for exactly ``tables``, or bring an existing one in line.
+
+        ``add_missing=False`` (resuming a stream): tables missing from the publication are left
+        out, because adding one must go with a copy of its rows (``add_table``); a missing
+        publication is created empty for the same reason. Tables no longer selected are removed
+        either way (their changes would be filtered out anyway).
+        """
         psycopg = _psycopg()
         from psycopg import sql
 
         if not tables:
             raise SourceError("no table is selected for replication: check the integration's `tables:` include/exclude patterns", retryable=False)
         table_list = sql.SQL(", ").join(sql.Identifier(t.table.namespace, t.table.name) for t in tables)
-        rows = self._query(
-            "SELECT p.puballtables, pg_get_userbyid(p.pubowner), pg_has_role(p.pubowner, 'USAGE') FROM pg_publication p WHERE p.pubname = %s", (name,)
-        )
+        existing = self.publication(name)
         try:
-            if not rows:
-                self.conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)").format(sql.Identifier(name), table_list))
-                log.info("created publication %s for %d table(s)", name, len(tables))
+            if existing is None:
+                if add_missing:
+                    self.conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)").format(sql.Identifier(name), table_list))
+                    log.info("created publication %s for %d table(s)", name, len(tables))
+                else:
+                    self.conn.execute(sql.SQL("CREATE PUBLICATION {} WITH (publish_via_partition_root = true)").format(sql.Identifier(name)))
+                    log.warning("publication %s was missing: created it empty; the selected tables join it with a copy of their rows", name)
                 return
-            all_tables, owner, is_owner = rows[0]
+            all_tables, owner, is_owner = existing
             if all_tables:
                 return
-            published = {
-                TableId(ns, rel) for ns, rel in self._query("SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (name,))
-            }
+            published = self.published_tables(name)
             wanted = {t.table for t in tables}
-            if published == wanted:
+            extra = published - wanted
+            missing = wanted - published if add_missing else set()
+            if not extra and not missing:
                 return
             if not is_owner:
+                if not missing:
+                    log.warning("publication %s also lists %s, which the selection excludes; their changes are ignored", name, ", ".join(sorted(map(str, extra))))
+                    return
                 raise SourceError(
                     f"publication {name!r} is owned by {owner!r} and lists other tables than the selected ones; {self.config.user!r} cannot change it. "
                     f"Run as {owner!r}: ALTER PUBLICATION {quote_ident(name)} SET TABLE {', '.join(sorted(str(t) for t in wanted))}; "
                     "or set `publication_name` to a publication this user may create.",
                     retryable=False,
                 )
-            self.conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(name), table_list))
-            log.info("publication %s now lists %d table(s)", name, len(tables))
+            if add_missing:
+                self.conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(name), table_list))
+                log.info("publication %s now lists %d table(s)", name, len(tables))
+            else:
+                dropped = sql.SQL(", ").join(sql.Identifier(t.namespace, t.name) for t in sorted(extra))
+                self.conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(name), dropped))
+                log.info("removed %s from publication %s: the selection no longer includes them", ", ".join(sorted(map(str, extra))), name)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise SourceError(
                 f"cannot create or change publication {name!r}: {str(exc).strip()}. The user must own the tables (or be superuser); "
@@ -285,6 +331,75 @@ class Catalog:
             ) from None
         except psycopg.Error as exc:
             raise driver_error(exc, f"creating publication {name!r}", self.config) from None
+
+    def unpublished_tables(self, name: str, selector: TableSelector) -> list[TableId]:
+        """Selected ordinary and partitioned tables (not partitions) the publication does not cover, sorted.
+
+        The selector (include and exclude patterns) is applied here, so an excluded table is never
+        reported.
+        """
+        rows = self._query(
+            "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' "
+            "ORDER BY n.nspname, c.relname",
+            None,
+            "looking for new tables",
+        )
+        published = self.published_tables(name)
+        return [t for t in (TableId(ns, rel) for ns, rel in rows) if t not in published and selector.matches(t)]
+
+    def add_table(self, publication: str, table: TableId, *, lock_timeout: float) -> bool:
+        """Add ``table`` to ``publication`` so that no change of it can be missed; False when the
+        table could not be locked within ``lock_timeout`` seconds (try again later).
+
+        Guarantee: every change of ``table`` is either committed when this returns (so a
+        transaction snapshot taken afterwards sees it) or published. The table is held in SHARE
+        mode while the publication changes: that waits for the transactions writing to it to end
+        and lets no new write in until the change commits (a few milliseconds), so no transaction
+        can have written the table before the change and commit after it, which is the one case
+        in which the server would neither publish a change nor show it to a later snapshot.
+        Idempotent: a table already in the publication is left as is.
+        """
+        psycopg = _psycopg()
+        from psycopg import sql
+
+        ident = sql.Identifier(table.namespace, table.name)
+        conn = self.conn
+        try:
+            with conn.transaction():
+                # SET LOCAL takes no bind parameter; the value is a number written by us
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{max(1, int(lock_timeout * 1000))}ms")))
+                conn.execute(sql.SQL("LOCK TABLE {} IN SHARE MODE").format(ident))
+                member = conn.execute(
+                    "SELECT 1 FROM pg_publication_tables WHERE pubname = %s AND schemaname = %s AND tablename = %s", (publication, table.namespace, table.name)
+                ).fetchall()
+                if not member:
+                    conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(publication), ident))
+        except psycopg.errors.LockNotAvailable:
+            log.warning("table %s is busy (a transaction writing it did not end within %.0f s); it joins publication %s at the next attempt", table, lock_timeout, publication)
+            return False
+        except psycopg.errors.InsufficientPrivilege as exc:
+            owner = self._owner(table)
+            raise SourceError(
+                f"cannot add table {table} to publication {publication!r}: {str(exc).strip()}. Adding a table to a publication takes ownership "
+                f"of both the table (owned by {owner!r}) and the publication. Let {self.config.user!r} act as the owner "
+                f"(GRANT {quote_ident(owner)} TO {quote_ident(self.config.user)};) or exclude the table in `tables:`. "
+                "Adding the table to the publication by hand would skip the copy of its existing rows.",
+                retryable=False,
+            ) from None
+        except psycopg.Error as exc:
+            raise driver_error(exc, f"adding table {table} to publication {publication!r}", self.config) from None
+        log.info("table %s joined publication %s", table, publication)
+        return True
+
+    def _owner(self, table: TableId) -> str:
+        rows = self._query(
+            "SELECT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+            (table.namespace, table.name),
+            f"reading the owner of {table}",
+        )
+        return str(rows[0][0]) if rows else "?"
 
     # -- slot ------------------------------------------------------------------------------
     def slot(self, name: str) -> dict[str, Any] | None:

@@ -64,6 +64,12 @@ class PostgresConfig(SourceConfig):
     """How often to write a tiny WAL message so that the slot advances while the tables are idle
     (0 disables)."""
 
+    table_discovery_interval: Duration = 10.0
+    """How often, while streaming, to look for tables created since (or renamed into) the
+    ``tables:`` selection. A table found is added to zetl's publication, created in the target and
+    its existing rows are copied, with no gap before its first streamed change. 0 disables: such
+    tables are then picked up at the next restart."""
+
     iam_auth: bool = False
     """Log in with an RDS IAM token (boto3 ``generate_db_auth_token``) instead of ``password``;
     a fresh token is made at every (re)connection. Needs ``region``; RDS accepts tokens over SSL

@@ -34,13 +34,20 @@ class PostgresPosition(Position):
     delivered (or a later WAL position known to hold no further change for this integration).
     Resuming skips every transaction whose commit LSN is <= ``lsn``.
 
+    Tables joining while streaming (stream phase, ``joining`` not empty): ``joining`` lists, in
+    copy order, the tables that were (or are about to be) added to the publication after the
+    stream started and whose copy is not complete; ``table``/``last_key`` say how far the copy of
+    the first of them got (same meaning as in the snapshot phase); ``step`` orders these
+    positions, which all share the ``lsn`` the stream had reached. Resuming finishes the copies
+    (each in a new transaction snapshot), then streams from ``lsn``.
+
     Order: every snapshot position < every stream position; snapshot positions by ``step``,
-    stream positions by ``lsn``.
+    stream positions by ``lsn``, then ``step`` (0 for positions without a copy).
     """
 
     kind = "postgres"
 
-    __slots__ = ("phase", "lsn", "tables_done", "table", "last_key", "step")
+    __slots__ = ("phase", "lsn", "tables_done", "table", "last_key", "step", "joining")
 
     def __init__(
         self,
@@ -51,6 +58,7 @@ class PostgresPosition(Position):
         table: str | None = None,
         last_key: tuple[str, ...] | None = None,
         step: int = 0,
+        joining: tuple[str, ...] = (),
     ) -> None:
         if phase not in ("snapshot", "stream"):
             raise ValueError(f"phase must be 'snapshot' or 'stream', not {phase!r}")
@@ -60,6 +68,7 @@ class PostgresPosition(Position):
         self.table = table
         self.last_key = tuple(last_key) if last_key is not None else None
         self.step = step
+        self.joining = tuple(joining)
 
     @classmethod
     def stream(cls, lsn: int) -> PostgresPosition:
@@ -69,13 +78,15 @@ class PostgresPosition(Position):
     def in_snapshot(self) -> bool:
         return self.phase == "snapshot"
 
-    def sort_key(self) -> tuple[int, int]:
-        return (0, self.step) if self.phase == "snapshot" else (1, self.lsn)
+    def sort_key(self) -> tuple[int, int, int]:
+        return (0, self.step, 0) if self.phase == "snapshot" else (1, self.lsn, self.step)
 
     def _fields_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"phase": self.phase, "lsn": format_lsn(self.lsn)}
         if self.phase == "snapshot":
             data.update(tables_done=list(self.tables_done), table=self.table, last_key=list(self.last_key) if self.last_key is not None else None, step=self.step)
+        elif self.step or self.joining:
+            data.update(joining=list(self.joining), table=self.table, last_key=list(self.last_key) if self.last_key is not None else None, step=self.step)
         return data
 
     @classmethod
@@ -88,10 +99,14 @@ class PostgresPosition(Position):
             table=data.get("table"),
             last_key=tuple(str(v) for v in last_key) if last_key is not None else None,
             step=int(data.get("step") or 0),
+            joining=tuple(data.get("joining") or ()),
         )
 
     def __str__(self) -> str:
         if self.phase == "stream":
-            return f"lsn {format_lsn(self.lsn)}"
+            if not self.joining:
+                return f"lsn {format_lsn(self.lsn)}"
+            where = f" after key {list(self.last_key)}" if self.table and self.last_key else ""
+            return f"lsn {format_lsn(self.lsn)}, copying {', '.join(self.joining)}{where} (step {self.step})"
         where = f", {self.table} after key {list(self.last_key)}" if self.table and self.last_key else (f", {self.table}" if self.table else "")
         return f"snapshot step {self.step} ({len(self.tables_done)} tables done{where}; slot at {format_lsn(self.lsn)})"

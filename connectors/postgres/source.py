@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Generator, Iterator
 
 from zetl.errors import NeedsAttentionError, SourceConnectionError, SourceError
 from zetl.events import Batch, Op, Position, RowChunk, TableId
@@ -12,7 +12,7 @@ from zetl.schema.changes import CreateTable
 from zetl.schema.types import Schema
 from zetl.source import Source
 
-from .catalog import Catalog, TableInfo, connect, driver_error
+from .catalog import Catalog, OnlyTables, TableInfo, connect, driver_error
 from .config import PostgresConfig, default_slot_name
 from .position import PostgresPosition, format_lsn
 from .snapshot import ChunkReader
@@ -22,6 +22,13 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["PostgresSource"]
+
+JOIN_LOCK_TIMEOUT = 5.0
+"""Seconds to wait for the SHARE lock that adds a new table to the publication; a table busy
+with a longer write transaction joins at the next search instead of stalling its writers."""
+
+DURABLE_WAIT_LOG_INTERVAL = 60.0
+"""Seconds between log lines while the sink has not made a joining table's position durable."""
 
 
 class PostgresSource(Source[PostgresConfig]):
@@ -39,6 +46,37 @@ class PostgresSource(Source[PostgresConfig]):
     by primary key (upsert/delete are idempotent).
 
     Streaming positions are commit LSNs; a restart skips transactions at or below the checkpoint.
+
+    Tables joining while streaming (``table_discovery_interval``): a table created in, or renamed
+    into, the selection after the publication was made is not published, so its changes would
+    never reach the stream. Every interval (and once when a stream resumes) the catalog is
+    searched for selected tables the publication does not cover (excluded tables never are).
+    For each batch of such tables, in this order:
+
+    1. a position naming them as joining is handed out and waited for until the sink made it
+       durable, so that a crash from here on resumes with them;
+    2. each table, one at a time, is added to the publication under a brief SHARE lock
+       (``Catalog.add_table``): from then on every change of it is either published or already
+       committed;
+    3. its rows are copied in a transaction snapshot taken after that (a ``CreateTable`` leads
+       them), chunk by chunk, each chunk positioned at the stream's LSN with the copy's progress;
+    4. a position without the table closes its copy, and streaming goes on where it stopped.
+
+    No gap: rows committed before the table joined are in the copy; changes committed after are
+    in the stream, which resumes at the LSN reached before the copy. Changes committed between
+    the join and the copy's snapshot arrive twice (copied, then streamed in commit order after
+    the copy): sinks apply rows by primary key, so the target converges. A table without a
+    primary key (REPLICA IDENTITY FULL) may get such rows twice.
+
+    Crash safety: a checkpoint taken at any step resumes correctly. Joining tables listed in it
+    are added to the publication if they are not yet (crash before step 2) and copied from after
+    the last completed chunk, in a new snapshot (any rows changed in between are then read newer
+    and replayed on top, as for a resumed initial snapshot); the stream then resumes at the LSN
+    the copy was positioned at. A table that joined the publication without a durable record of
+    it cannot exist, because of step 1; one never added is found again by the next search.
+    A table the search finds without a primary key and without REPLICA IDENTITY FULL is reported
+    with the same error as at start if it is still so at the following search (the usual CREATE
+    TABLE then ALTER TABLE ... ADD PRIMARY KEY is not caught half way); it is never added.
     """
 
     name: ClassVar[str] = "postgres"
@@ -64,6 +102,15 @@ class PostgresSource(Source[PostgresConfig]):
         self._last_heartbeat = 0.0
         self._heartbeats = 0
         self._position: str | None = None
+        # tables joining while streaming (see the class docstring)
+        self._acked: PostgresPosition | None = None  # the greatest position passed to ack()
+        self._ack_changed = threading.Condition()
+        self._step = 0  # step of the last position handed out for a joining table
+        self._stream_lsn = 0  # LSN of the last stream position handed out: copies are positioned there
+        self._streaming = False  # START_REPLICATION was sent: feedback keeps the connection alive
+        self._next_discovery = 0.0
+        self._without_identity: set[TableId] = set()  # found by the last search, not publishable
+        self._joining: tuple[str, ...] = ()
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -85,7 +132,10 @@ class PostgresSource(Source[PostgresConfig]):
         if self._replicates:
             self._catalog.check_identities(self._tables)
             if not self.context.read_only:  # inspection (zetl drift) creates nothing
-                self._catalog.ensure_publication(self.publication_name, self._tables)
+                # With a slot, the checkpoint may be a stream position: a table missing from the
+                # publication must then join it with a copy of its rows (read() decides).
+                fresh = self._catalog.slot(self.slot_name) is None
+                self._catalog.ensure_publication(self.publication_name, self._tables, add_missing=fresh)
 
     def discover(self) -> list[Schema]:
         return [t.schema for t in self._tables]
@@ -97,6 +147,8 @@ class PostgresSource(Source[PostgresConfig]):
         cancelled here and the snapshot generator closes the connection itself.
         """
         self._closed.set()
+        with self._ack_changed:
+            self._ack_changed.notify_all()
         if self._stream is not None:
             self._stream.close()
         snapshot = self._snapshot_conn
@@ -126,6 +178,9 @@ class PostgresSource(Source[PostgresConfig]):
             return
         announced: set[TableId] = set()
         catalog = self._catalog
+        if start is None or start.in_snapshot:
+            with self._catalog_lock:
+                catalog.ensure_publication(self.publication_name, self._tables)
         if start is None:
             existing = catalog.slot(self.slot_name)
             if existing is not None:
@@ -158,6 +213,14 @@ class PostgresSource(Source[PostgresConfig]):
         if start.in_snapshot:
             self.log.info("resuming the snapshot at %s with a new transaction snapshot; the stream then replays from %s", start, format_lsn(start.lsn))
             yield from self._snapshot(start, None, announced)
+        else:
+            self._stream_lsn = start.lsn
+            self._step = start.step
+            if start.joining:
+                self.log.info("resuming the copy of joining table(s) at %s; the stream then replays from %s", start, format_lsn(start.lsn))
+                yield from self._copy_joining(start, announced)
+            # tables created or selected while zetl was stopped join before streaming starts
+            yield from self._discover(announced)
         yield from self._stream_from(start.lsn, announced)
 
     def _open_stream(self) -> ReplicationStream:
@@ -185,12 +248,20 @@ class PostgresSource(Source[PostgresConfig]):
         start = lsn or 0
         self._wait_for_slot_release()
         stream.start(start)
+        self._streaming = True
+        self._stream_lsn = max(self._stream_lsn, start)
         self._phase = "stream"
+        self._next_discovery = time.monotonic() + self.config.table_discovery_interval
         for batch in stream.batches(start, announced, self._closed.is_set):
-            if batch.end_position is not None:
-                self._position = str(batch.end_position)
+            end = batch.end_position
+            if end is not None:
+                self._position = str(end)
+                if isinstance(end, PostgresPosition) and end.lsn > self._stream_lsn:
+                    self._stream_lsn = end.lsn
             yield batch
             self._maintenance()
+            if self.config.table_discovery_interval > 0 and time.monotonic() >= self._next_discovery:
+                yield from self._discover(announced)
 
     def _wait_for_slot_release(self, timeout: float = 10.0) -> None:
         """A restart can come before the server has noticed that the previous connection is gone."""
@@ -314,9 +385,184 @@ class PostgresSource(Source[PostgresConfig]):
         yield from self._snapshot(begin, None, set())
         self._phase = "done"
 
+    # -- tables joining while streaming ----------------------------------------------------
+    def _discover(self, announced: set[TableId]) -> Iterator[Batch]:
+        """Search the catalog for selected tables the publication does not cover; let them join."""
+        interval = self.config.table_discovery_interval
+        self._next_discovery = time.monotonic() + interval
+        assert self._catalog is not None
+        try:
+            with self._catalog_lock:
+                if self._closed.is_set():
+                    return
+                found = self._catalog.unpublished_tables(self.publication_name, self.context.tables)
+                infos = self._catalog.tables(OnlyTables(found)) if found else []
+        except SourceError as exc:
+            if self._closed.is_set():
+                return
+            if not exc.retryable:
+                raise
+            raise SourceConnectionError(f"lost the Postgres connection used to look for new tables: {exc.message}") from None
+        lacking = [t for t in infos if Catalog.lacks_identity(t)]
+        # reported only when still so at the next search: CREATE TABLE and ADD PRIMARY KEY are
+        # often two transactions
+        Catalog.check_identities([t for t in lacking if t.table in self._without_identity])
+        self._without_identity = {t.table for t in lacking}
+        for t in lacking:
+            self.log.warning(
+                "new table %s has no primary key and no REPLICA IDENTITY FULL: it is not replicated; zetl stops with an error "
+                "if it is still so at the next search (in %.0f s)", t.table, interval
+            )
+        usable = [t for t in infos if not Catalog.lacks_identity(t)]
+        if not usable or self._closed.is_set():
+            return
+        names = tuple(str(t.table) for t in usable)
+        self.log.info("new table(s) matching the selection: %s; adding them to publication %s and copying their rows", ", ".join(names), self.publication_name)
+        self._step += 1
+        intent = PostgresPosition("stream", self._stream_lsn, joining=names, step=self._step)
+        yield Batch(end_position=intent)
+        if not self._wait_durable(intent):
+            return
+        yield from self._copy_joining(intent, announced, usable)
+
+    def _wait_durable(self, position: PostgresPosition) -> bool:
+        """Block until ``ack`` reached ``position`` (True) or the source is closed (False).
+
+        The replication connection is kept alive meanwhile (the server drops a silent client).
+        """
+        started = time.monotonic()
+        next_log = started + DURABLE_WAIT_LOG_INTERVAL
+        while True:
+            with self._ack_changed:
+                if self._closed.is_set():
+                    return False
+                if self._acked is not None and self._acked >= position:
+                    return True
+                self._ack_changed.wait(0.5)
+            self._keep_stream_alive()
+            if time.monotonic() >= next_log:
+                next_log += DURABLE_WAIT_LOG_INTERVAL
+                self.log.warning("still waiting (%.0f s) for the sink to make %s durable before new tables join the publication", time.monotonic() - started, position)
+
+    def _keep_stream_alive(self) -> None:
+        """Send a status update if one is due, while the stream is not being read."""
+        stream = self._stream
+        if self._streaming and stream is not None and not stream.closed:
+            stream.ack(0)  # acknowledges nothing new; sends the periodic status update
+
+    def _copy_joining(self, position: PostgresPosition, announced: set[TableId], infos: list[TableInfo] | None = None) -> Iterator[Batch]:
+        """Add each table of ``position.joining`` to the publication and copy its rows (resuming
+        after ``position.last_key`` for the first); every position handed out is at ``position.lsn``."""
+        from psycopg import Error
+
+        assert self._catalog is not None
+        lsn = position.lsn
+        remaining = list(position.joining)
+        if infos is None:  # resuming: the tables as they are now (gone or no longer selected: skipped)
+            with self._catalog_lock:
+                infos = self._catalog.tables(self.context.tables)
+        by_name = {str(t.table): t for t in infos}
+        after = position.last_key if position.table == (remaining[0] if remaining else None) else None
+        lead: tuple[Any, ...] = ()
+        try:
+            while remaining and not self._closed.is_set():
+                name = remaining[0]
+                info = by_name.get(name)
+                self._joining = tuple(remaining)
+                if info is None:
+                    self.log.warning("joining table %s is gone or no longer selected; its copy is abandoned", name)
+                else:
+                    with self._catalog_lock:
+                        if self._closed.is_set():
+                            return
+                        joined = self._catalog.add_table(self.publication_name, info.table, lock_timeout=JOIN_LOCK_TIMEOUT)
+                    if joined:
+                        lead = yield from self._copy_table(info, lsn, tuple(remaining), after, announced)
+                        if self._closed.is_set():
+                            return
+                remaining.pop(0)
+                after = None
+                self._step += 1
+                yield Batch(schema_changes=lead, end_position=PostgresPosition("stream", lsn, joining=tuple(remaining), step=self._step))
+                lead = ()
+        finally:
+            self._joining = ()
+            conn, self._snapshot_conn = self._snapshot_conn, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except Error:
+                    pass
+
+    def _copy_table(
+        self, info: TableInfo, lsn: int, joining: tuple[str, ...], after: tuple[str, ...] | None, announced: set[TableId]
+    ) -> Generator[Batch, None, tuple[Any, ...]]:
+        """Copy the rows of a table that has just joined the publication, after key ``after``.
+
+        Returns the table's ``CreateTable`` when no chunk carried it (an empty table), for the
+        batch that closes the copy.
+
+        The transaction snapshot is taken after the table joined, and after an ACCESS SHARE lock
+        (taken before the snapshot, as a REPEATABLE READ transaction allows), so the schema and
+        the rows read are of one moment and no DDL can change the table during the copy.
+        """
+        from psycopg import Error, errors, sql
+
+        table, name = info.table, str(info.table)
+        conn = self._snapshot_conn
+        if conn is None or conn.closed:
+            conn = connect(self.config, application=f"zetl:{self.context.integration}:copy")
+            self._snapshot_conn = conn
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            try:
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(table.namespace, table.name)))
+            except errors.UndefinedTable:
+                conn.execute("ROLLBACK")
+                self.log.warning("joining table %s was dropped or renamed before its copy; the copy is abandoned", name)
+                return ()
+            described = Catalog(conn, self.config).tables(OnlyTables([table]))  # the snapshot starts here
+            if not described:
+                conn.execute("COMMIT")
+                return ()
+            info = described[0]
+            self._tables = [t for t in self._tables if t.table != table] + [info]
+            if self._stream is not None:
+                self._stream.schemas[table] = info.schema  # its first Relation message is no schema change
+            announced.add(table)
+            # always: the target may hold an older table of that name (dropped, then created again)
+            lead: tuple[Any, ...] = (CreateTable(table, info.schema),)
+            total = info.estimated_rows or None
+            rows = 0
+            self.context.progress(table, 0, total)
+            for arrow_rows, last_key in ChunkReader(conn, info.schema, self.config.snapshot_chunk_rows).chunks(after):
+                if self._closed.is_set():
+                    return ()
+                self._step += 1
+                rows += arrow_rows.num_rows
+                position = PostgresPosition("stream", lsn, joining=joining, table=name, last_key=last_key, step=self._step)
+                self._progress[name] = {"done": rows, "total": total}
+                self.context.progress(table, rows, max(total or 0, rows) or None)
+                yield Batch(schema_changes=lead, chunks=(RowChunk(table, Op.READ, arrow_rows, position),), end_position=position)
+                lead = ()
+                self._keep_stream_alive()
+            conn.execute("COMMIT")
+        except Error as exc:
+            raise driver_error(exc, f"copying table {name}, which joined the publication", self.config) from None
+        self._progress[name] = {"done": rows, "total": rows, "finished": True}
+        self.context.progress(table, rows, rows)
+        self.log.info("copied %d row(s) of joining table %s", rows, name)
+        return lead
+
     # -- acknowledgements and status -------------------------------------------------------
     def ack(self, position: Position) -> None:
-        if isinstance(position, PostgresPosition) and not position.in_snapshot and self._stream is not None:
+        if not isinstance(position, PostgresPosition) or position.in_snapshot:
+            return
+        with self._ack_changed:
+            if self._acked is None or position > self._acked:
+                self._acked = position
+                self._ack_changed.notify_all()
+        if self._stream is not None:
             self._stream.ack(position.lsn)
 
     def status(self) -> dict[str, Any]:
@@ -329,4 +575,6 @@ class PostgresSource(Source[PostgresConfig]):
             data["snapshot"] = {k: dict(v) for k, v in self._progress.items()}
         if self._position is not None:
             data["position"] = self._position
+        if self._joining:
+            data["joining"] = list(self._joining)
         return data
