@@ -35,8 +35,10 @@ class TLSConfig(SourceConfig):
 class MySQLConfig(SourceConfig):
     """Connection and behaviour of the MySQL/MariaDB source.
 
-    The user needs ``SELECT``, ``REPLICATION SLAVE`` and ``REPLICATION CLIENT`` (MySQL also
-    ``RELOAD`` for the snapshot lock; MariaDB does not).
+    The user needs ``SELECT``, ``REPLICATION SLAVE`` and ``REPLICATION CLIENT``. The snapshot
+    on MySQL also needs ``RELOAD`` (a global read lock for a moment) or, where that is not granted
+    (RDS/Aurora), ``LOCK TABLES`` on the selected tables (only their writers wait a moment);
+    MariaDB needs neither.
     """
 
     host: str = "127.0.0.1"

@@ -12,6 +12,12 @@ tables:
   from the statement when the table is gone by now).
 
 Statements that cannot change a table's columns (indexes, views, grants, ...) give nothing.
+
+Column positions (``FIRST`` / ``AFTER x`` of ADD, MODIFY and CHANGE COLUMN) are kept in the
+tracked schemas, whose column order is the order in which row images carry the values (what
+decodes binlogs logged without column names). A canonical ``AddColumn`` can only say "after x" or
+"at the end": a column added ``FIRST`` reaches sinks as appended at the end, and a column moved by
+MODIFY/CHANGE keeps its place in sinks (values are matched by name there).
 """
 
 from __future__ import annotations
@@ -151,6 +157,10 @@ def _alter(ctx: _Context, tree: Any, exp: Any, sql: str) -> None:
         if isinstance(action, exp.ColumnDef):
             f = _column_def(action, exp)
             where, after = _position(action)
+            if where == "AFTER" and after not in schema.names:
+                log.warning("%r adds %s after %s, which the tracked schema of %s does not have: re-reading it", sql, f.name, after, table)
+                ctx.result.reread.append(table)
+                continue
             # The canonical change cannot say FIRST (after=None means "at the end"): sinks append
             # the column; the tracked schema, which decodes rows by position, puts it first.
             ctx.emit(AddColumn(table, f, after))

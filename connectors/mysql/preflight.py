@@ -37,7 +37,15 @@ _VARIABLES = (
     "server_id",
     "gtid_strict_mode",
     "binlog_row_value_options",
+    "basedir",
+    "aurora_version",
 )
+
+# Amazon RDS/Aurora keep binlogs by their own setting ('binlog retention hours', NULL: purged
+# within minutes once no replica of their own needs them), not by binlog_expire_logs_seconds.
+# server_info puts it among the variables under this name: the hours, "NULL", or "unreadable".
+RDS_RETENTION = "rds:binlog retention hours"
+_RDS_SET = "CALL mysql.rds_set_configuration('binlog retention hours', {hours});"
 
 
 def server_info(conn: Any) -> ServerInfo:
@@ -46,7 +54,25 @@ def server_info(conn: Any) -> ServerInfo:
         version = str(cur.fetchone()[0])
         cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN (" + ", ".join(["%s"] * len(_VARIABLES)) + ")", _VARIABLES)
         variables = {str(k).lower(): str(v) for k, v in cur.fetchall()}
+        if is_rds(variables):
+            variables[RDS_RETENTION] = _rds_retention_hours(cur)
     return ServerInfo(version, "mariadb" in version.lower(), variables)
+
+
+def is_rds(variables: dict[str, str]) -> bool:
+    """Amazon RDS or Aurora MySQL (their server binaries live under /rdsdbbin/; Aurora has aurora_version)."""
+    return "/rdsdbbin/" in variables.get("basedir", "") or bool(variables.get("aurora_version"))
+
+
+def _rds_retention_hours(cur: Any) -> str:
+    from zetl_connectors.mysql.connection import pymysql
+
+    try:
+        cur.execute("SELECT value FROM mysql.rds_configuration WHERE name = %s", ("binlog retention hours",))
+        row = cur.fetchone()
+    except pymysql().err.MySQLError:
+        return "unreadable"
+    return "NULL" if row is None or row[0] is None else str(row[0])
 
 
 def _fix(setting: str, value: str, mariadb: bool) -> str:
@@ -94,6 +120,11 @@ def check_settings(info: ServerInfo, min_retention: float) -> list[PreflightProb
                 " configuration file (RDS/Aurora: clear it in the DB parameter group)",
             )
         )
+    if RDS_RETENTION in v:
+        problem = _rds_retention_problem(v[RDS_RETENTION], min_retention)
+        if problem is not None:
+            problems.append(problem)
+        return problems
     retention = retention_seconds(info)
     if min_retention > 0 and 0 < retention < min_retention:
         seconds = int(min_retention)
@@ -106,3 +137,26 @@ def check_settings(info: ServerInfo, min_retention: float) -> list[PreflightProb
             setting = "binlog_expire_logs_seconds"
         problems.append(PreflightProblem(setting, f"{int(retention)} s", f">= {seconds} s of binlog retention", fix))
     return problems
+
+
+def _rds_retention_problem(found: str, min_retention: float) -> PreflightProblem | None:
+    """RDS/Aurora: 'binlog retention hours' must cover ``min_retention`` (NULL keeps binlogs only
+    minutes; the setting is read from mysql.rds_configuration)."""
+    if min_retention <= 0:
+        return None
+    hours = max(1, -(-int(min_retention) // 3600))
+    fix = f"run {_RDS_SET.format(hours=hours)} as the master user"
+    wanted = f">= {hours} hours of binlog retention"
+    if found == "unreadable":
+        return PreflightProblem(
+            "binlog retention hours", "not readable by this user", wanted,
+            f"GRANT SELECT ON mysql.rds_configuration TO the source's user so that it can be checked, and {fix}"
+            " (or set min_binlog_retention: 0 in the source section to skip this check)",
+        )
+    try:
+        have = float(found)
+    except ValueError:
+        have = 0.0  # NULL: RDS purges binlogs as soon as its own replicas are done with them
+    if have * 3600 >= min_retention:
+        return None
+    return PreflightProblem("binlog retention hours", found, wanted, fix)

@@ -58,6 +58,8 @@ def test_modify_and_change_move_columns_without_a_canonical_change_for_the_move(
 def test_a_move_after_a_column_the_schema_lacks_rereads_the_table() -> None:
     r = interpret("ALTER TABLE items MODIFY id int AFTER nothing_here", "shop", {SHOP: _schema()}, ALL)
     assert r.reread == [SHOP]
+    r = interpret("ALTER TABLE items ADD COLUMN x int AFTER nothing_here", "shop", {SHOP: _schema()}, ALL)
+    assert r.reread == [SHOP] and r.changes == []
 
 
 def test_replayed_add_first_keeps_the_column_first_once() -> None:
