@@ -132,7 +132,7 @@ def test_row_filter_syntax_error_points_into_the_yaml(tmp_path: Path) -> None:
         load_integration(path)
     except ConfigError as exc:
         assert [str(i).split("\n")[0] for i in exc.issues] == [
-            f"{path}:7:13  filters.tables.demo.items.rows: invalid row filter at column 27: expected '(' after 'in', got \"'x'\""
+            f"{path}:7:40  filters.tables.demo.items.rows: invalid row filter at column 27: expected '(' after 'in', got \"'x'\""
             " (got \"amount >= 100 and name in 'x'\")"
         ]
     else:

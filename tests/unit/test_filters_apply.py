@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
 from zetl.arrow import arrow_schema
-from zetl.errors import SchemaError
+from zetl.config.load import load_integration
+from zetl.errors import ConfigError, SchemaError, SourceError
 from zetl.events import UNCHANGED, ChangeEvent, Op, RowChunk, SequencePosition, TableId
 from zetl.filters.apply import TableFilter, mask_hash
 from zetl.filters.config import FiltersConfig
@@ -118,3 +120,40 @@ def test_config_validation_messages() -> None:
         FiltersConfig.model_validate({"tables": {"a.b": {"rows": "a == == 1"}}})
     secret = FiltersConfig.model_validate({"salt": "hush", "tables": {}})
     assert "hush" not in repr(secret) and "hush" not in str(secret.model_dump())
+
+
+def test_syntax_errors_point_at_the_file_position_of_the_problem(tmp_path: Path) -> None:
+    # Plain and quoted one-line values: the position is exact; a folded block: the value's start
+    # (the message's "at column N" locates the problem inside the expression).
+    path = tmp_path / "f.yaml"
+    path.write_text(
+        "name: f\nsource: {type: memory}\nsink: {type: memory}\nfilters:\n  tables:\n"
+        "    shop.a:\n      rows: amount >= and status = 'x'\n"
+        "    shop.b:\n      rows: \"amount >= 1 and (status = 'x'\"\n"
+        "    shop.c:\n      rows: >\n        amount >=\n        and x\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_integration(path)
+    found = [(i.path, i.line, i.column, i.message.split(":")[0]) for i in caught.value.issues]
+    assert found == [
+        ("filters.tables.shop.a.rows", 7, 23, "invalid row filter at column 11"),
+        ("filters.tables.shop.b.rows", 9, 43, "invalid row filter at column 30"),
+        ("filters.tables.shop.c.rows", 11, 13, "invalid row filter at column 11"),
+    ]
+
+
+def test_a_filter_that_does_not_fit_the_table_names_the_file_line_and_setting(tmp_path: Path) -> None:
+    path = tmp_path / "f.yaml"
+    path.write_text("name: f\nsource: {type: memory}\nsink: {type: memory}\nfilters:\n  tables:\n    crm.users:\n      rows: status = 'active' and ref = 'nope'\n")
+    config = load_integration(path).config.filters
+    with pytest.raises(ConfigError) as caught:
+        TableFilter.build(config, SCHEMA)
+    (issue,) = caught.value.issues
+    assert (issue.file, issue.line, issue.column, issue.path) == (str(path), 7, 13, "filters.tables.crm.users.rows")
+    assert "the literal 'nope' is not a UUID" in issue.message and "column 'ref' (uuid)" in issue.message
+    assert issue.hint is not None and "ref (uuid)" in issue.hint
+
+
+def test_an_insert_lacking_a_filtered_column_is_an_error_not_a_silent_keep() -> None:
+    with pytest.raises(SourceError, match=r"crm.users: an INSERT row lacks column\(s\) status that the row filter"):
+        table_filter().apply_event(ChangeEvent.insert(TABLE, {"id": 1, "email": "e"}, P))

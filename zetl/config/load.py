@@ -18,6 +18,8 @@ from pydantic import BaseModel, ValidationError
 from zetl.config.model import IntegrationConfig
 from zetl.config.yamlfile import LoadedYaml, load_yaml
 from zetl.errors import ConfigError, ConfigIssue, NotInstalledError, PluginError, UnknownPluginError
+from zetl.filters.expr import ExpressionError
+from zetl.filters.position import at_expression_column
 from zetl.registry import check_installed, load_plugin, suggest
 from zetl.sink import Sink, SinkConfig
 from zetl.source import Source, SourceConfig
@@ -130,6 +132,9 @@ def _issues_from_validation(
             if kind == "list_type" and isinstance(value, (str, dict)):
                 hint = "this should be a list; maybe a '-' is missing in the YAML"
             issues.append(loaded.issue(path, message, hint))
+            cause = err.get("ctx", {}).get("error")
+            if isinstance(cause, ExpressionError):  # point at the problem inside a row filter
+                issues[-1] = at_expression_column(issues[-1], cause, value)
     return issues
 
 
@@ -182,6 +187,7 @@ def parse_integration(loaded: LoadedYaml) -> tuple[Integration | None, list[Conf
     config: IntegrationConfig | None = None
     try:
         config = IntegrationConfig.model_validate(data)
+        config.filters.remember_positions(loaded.file, loaded.where)
     except ValidationError as exc:
         issues.extend(_issues_from_validation(exc, IntegrationConfig, data, loaded, ()))
     source_class, source_config = _resolve_plugin("source", data.get("source"), loaded, issues)

@@ -11,28 +11,45 @@ Row-filter semantics for changes:
 * DELETE: dropped when the old row is known and does not pass (it never reached the target);
   otherwise kept (deleting a row that is absent is harmless).
 * UPDATE: old passes, new passes -> UPDATE; old fails, new passes -> INSERT; old passes, new
-  fails -> DELETE; both fail -> dropped. When the old row is not known (only its key), an update
-  that passes stays an UPDATE (sinks upsert) and one that fails becomes a DELETE.
+  fails -> DELETE; both fail -> dropped. When the old row is not known (only its key: Postgres'
+  default replica identity), an update that passes stays an UPDATE (sinks upsert, so a row moving
+  into the filter is inserted) and one that fails becomes a DELETE of the key (a row moving out of
+  the filter is removed from the target; deleting a row the target never had is harmless).
 * TRUNCATE: always kept.
+
+NULL follows SQL WHERE: a filter that is NULL for a row (``amount > 10`` with a NULL amount)
+excludes it. A filter that cannot be decided because the row lacks a value it needs: on READ or
+INSERT (whose rows are complete) that is an error, never a silent keep or drop; on an UPDATE whose
+needed value is unchanged and unknown (a TOASTed Postgres value without the old row) the update
+is applied as it is and a warning is logged once per table.
+
+The row filter is bound to the table's schema when the filter is built (``zetl.filters.bind``):
+string literals compared with date/time/timestamp/uuid/number columns become values of that type
+(a timestamptz literal without an offset is UTC), and a filter that does not fit the column types
+is a ``ConfigError`` naming the table and ``filters.tables.<pattern>.rows`` in the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import orjson
 
-from zetl.errors import SchemaError
+from zetl.errors import ConfigError, ConfigIssue, SchemaError, SourceError
 from zetl.events import UNCHANGED, ChangeEvent, Op, RowChunk
+from zetl.filters.bind import BindError, bind
 from zetl.filters.config import FiltersConfig, TableFilterConfig
-from zetl.filters.expr import Predicate, compile_expression
+from zetl.filters.expr import EvaluationError, Predicate, compile_expression
 from zetl.schema.types import Field, Schema, T, TypeKind
 
 __all__ = ["TableFilter", "canonical_bytes", "mask_hash", "python_value"]
+
+_log = logging.getLogger("zetl.filters")
 
 
 def python_value(value: Any, kind: TypeKind) -> Any:
@@ -80,6 +97,8 @@ class TableFilter:
     nulled: frozenset[str]
     predicate: Predicate | None
     salt: bytes
+    rows_issue: ConfigIssue | None = None
+    """Where the row filter is written (file, line, setting path), for errors met later."""
 
     @classmethod
     def build(cls, config: FiltersConfig, schema: Schema) -> TableFilter | None:
@@ -88,14 +107,17 @@ class TableFilter:
         Raises:
             SchemaError: a primary-key column is excluded or masked with null, or the row
                 filter names a column the table does not have.
+            ConfigError: the row filter does not fit the table's column types (a literal that
+                is not a valid date, a number compared with text, ...), with the file position
+                of the filter when the config was loaded from a file.
         """
-        table_config = config.for_table(schema.table)
-        if table_config is None:
+        pattern = config.pattern_for(schema.table)
+        if pattern is None:
             return None
-        return cls._build(table_config, config, schema)
+        return cls._build(pattern, config.tables[pattern], config, schema)
 
     @classmethod
-    def _build(cls, tc: TableFilterConfig, config: FiltersConfig, schema: Schema) -> TableFilter:
+    def _build(cls, pattern: str, tc: TableFilterConfig, config: FiltersConfig, schema: Schema) -> TableFilter:
         where = f"filters.tables for {schema.table}"
         for column, kind in tc.columns.mask.items():
             if column not in schema:
@@ -121,15 +143,29 @@ class TableFilter:
             fields.append(f)
             kept.append(f.name)
         predicate = None
+        rows_issue = None
         if tc.rows is not None:
+            file, line, column = config.rows_position(pattern)
+            rows_issue = ConfigIssue(file or "the integration's file", line, column, f"filters.tables.{pattern}.rows", "")
             predicate = compile_expression(tc.rows)
             missing = sorted(predicate.columns - set(schema.names))
             if missing:
+                at = f" ({file}:{line}:{column})" if line else ""
                 raise SchemaError(
-                    f"{where}: the row filter {tc.rows!r} names column(s) {', '.join(missing)} that {schema.table} does not have (columns: {', '.join(schema.names)})",
+                    f"filters.tables.{pattern}.rows{at}: the row filter {tc.rows!r} names column(s) {', '.join(missing)} that {schema.table} does not have (columns: {', '.join(schema.names)})",
                     table=str(schema.table),
                     column=missing[0],
                 )
+            try:
+                predicate = bind(predicate, schema)
+            except BindError as exc:
+                raise ConfigError(
+                    replace(
+                        rows_issue,
+                        message=f"the row filter {tc.rows!r} does not fit table {schema.table}: {exc.reason}",
+                        hint=f"columns of {schema.table}: {', '.join(f'{f.name} ({f.type})' for f in schema.fields)}; dates and times are written as ISO 8601 text, e.g. '2026-01-31'",
+                    )
+                ) from None
         target = Schema(schema.table, tuple(fields), schema.primary_key, schema.version)
         salt = config.salt.get_secret_value().encode() if config.salt is not None else b""
         masks = tc.columns.mask
@@ -141,6 +177,7 @@ class TableFilter:
             frozenset(c for c, k in masks.items() if k == "null"),
             predicate,
             salt,
+            rows_issue,
         )
 
     @property
@@ -177,11 +214,35 @@ class TableFilter:
             return event
         return replace(event, before=self.shape_row(event.before), after=self.shape_row(event.after))
 
+    def _evaluation_error(self, reason: str) -> ConfigError:
+        assert self.predicate is not None and self.rows_issue is not None
+        return ConfigError(
+            replace(
+                self.rows_issue,
+                message=f"the row filter {self.predicate.text!r} cannot be evaluated on a row of {self.source_schema.table}: {reason}",
+                hint="the row's values do not have the types the filter expects; check the filter against the table's columns",
+            )
+        )
+
+    def _matches(self, row: Mapping[str, Any]) -> bool | None:
+        assert self.predicate is not None
+        try:
+            return self.predicate.matches(row)
+        except EvaluationError as exc:
+            raise self._evaluation_error(str(exc)) from exc
+
     def _route(self, event: ChangeEvent) -> ChangeEvent | None:
         assert self.predicate is not None
-        match = self.predicate.matches
+        match = self._matches
         if event.op in (Op.READ, Op.INSERT):
-            return event if match(event.after or {}) is not False else None
+            decided = match(event.after or {})
+            if decided is None:
+                lacking = sorted(c for c in self.predicate.columns if (event.after or {}).get(c, UNCHANGED) is UNCHANGED)
+                raise SourceError(
+                    f"{self.source_schema.table}: an {event.op.name} row lacks column(s) {', '.join(lacking)} that the row filter "
+                    f"{self.predicate.text!r} needs; the source sent an incomplete row, so it can be neither kept nor dropped safely"
+                )
+            return event if decided else None
         if event.op is Op.DELETE:
             return None if event.before is not None and match(event.before) is False else event
         # UPDATE: fill unchanged values of the new row from the old one where it has them.
@@ -194,7 +255,10 @@ class TableFilter:
         was = match(before) if before is not None else None
         now = match(after)
         if now is None:
-            return event  # cannot tell (a needed value is unchanged and unknown): apply as is
+            # A needed value is unchanged and unknown (no old row): the update is applied as it
+            # is (the target keeps its value of the unchanged column); said once, never silent.
+            _warn_undecided(str(self.source_schema.table), self.predicate.text)
+            return event
         if now:
             if was is False:
                 return ChangeEvent(event.table, Op.INSERT, None, after, event.position, event.commit_ts, event.txid)
@@ -208,7 +272,10 @@ class TableFilter:
         """The chunk filtered and shaped, vectorised (None when no row is left)."""
         rows = chunk.rows
         if self.predicate is not None:
-            rows = self.predicate.arrow_filter(rows)
+            try:
+                rows = self.predicate.arrow_filter(rows)
+            except EvaluationError as exc:
+                raise self._evaluation_error(str(exc)) from exc
             if rows.num_rows == 0:
                 return None
         if self.shapes_columns:
@@ -240,3 +307,17 @@ class TableFilter:
             batches = result.combine_chunks().to_batches()
             return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=result.schema)
         return result
+
+
+_undecided_warned: set[tuple[str, str]] = set()
+
+
+def _warn_undecided(table: str, text: str) -> None:
+    if (table, text) not in _undecided_warned:
+        _undecided_warned.add((table, text))
+        _log.warning(
+            "%s: an UPDATE leaves a value the row filter %r needs unchanged and the old row is not sent, so the filter "
+            "cannot be decided; the update is applied as it is. Set REPLICA IDENTITY FULL on the table (Postgres) to decide every update.",
+            table,
+            text,
+        )

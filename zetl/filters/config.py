@@ -20,9 +20,9 @@ Table selection itself (which tables are read at all) is the top-level ``tables`
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from zetl.filters.expr import compile_expression
 from zetl.tables import compile_pattern
@@ -74,8 +74,11 @@ class TableFilterConfig(_Model):
     """A row filter: only rows for which it is true reach the sink, e.g.
     ``status != 'deleted' and amount >= 100``. Comparisons, ``and``/``or``/``not``, ``in (...)``,
     ``is [not] null``, ``[not] like '%x_'``, ``+ - * /``, ``lower``, ``upper``, ``length``,
-    ``coalesce``. An UPDATE that moves a row out of the filter deletes it in the target; one that
-    moves a row into the filter inserts it."""
+    ``coalesce``. A NULL result excludes the row, as in SQL WHERE. Dates, times and timestamps are
+    written as ISO 8601 text (``updated_at >= '2026-01-01'``; a timestamptz literal without an
+    offset is UTC) and checked against the column types once the table's schema is known. An
+    UPDATE that moves a row out of the filter deletes it in the target; one that moves a row into
+    the filter inserts it."""
 
     @field_validator("rows")
     @classmethod
@@ -93,6 +96,8 @@ class FiltersConfig(_Model):
     changing it changes every hashed value. Use ``${env:VAR}`` or ``${file:path}``."""
     tables: dict[str, TableFilterConfig] = Field(default_factory=dict)
     """Table pattern -> filters; the first pattern matching a table applies."""
+    _positions: dict[str, tuple[str, int, int]] = PrivateAttr(default_factory=dict)
+    """Table pattern -> (file, line, column) of its ``rows`` value, when loaded from a file."""
 
     @field_validator("tables")
     @classmethod
@@ -110,7 +115,23 @@ class FiltersConfig(_Model):
 
     def for_table(self, table: object) -> TableFilterConfig | None:
         """The filters of ``table`` (first matching pattern), or None."""
-        for pattern, config in self.tables.items():
+        pattern = self.pattern_for(table)
+        return self.tables[pattern] if pattern is not None else None
+
+    def pattern_for(self, table: object) -> str | None:
+        """The first pattern of ``tables`` matching ``table``, or None."""
+        for pattern in self.tables:
             if compile_pattern(pattern).matches(str(table)):
-                return config
+                return pattern
         return None
+
+    def remember_positions(self, file: str, where: Callable[[tuple[str | int, ...]], tuple[int, int]]) -> None:
+        """Keep where each row filter is written (``where(path) -> (line, column)``), so errors
+        found once the table's schema is known still point into the file."""
+        for pattern, config in self.tables.items():
+            if config.rows is not None:
+                self._positions[pattern] = (file, *where(("filters", "tables", pattern, "rows")))
+
+    def rows_position(self, pattern: str) -> tuple[str, int, int]:
+        """(file, line, column) of the row filter of ``pattern``; ("", 0, 0) when unknown."""
+        return self._positions.get(pattern, ("", 0, 0))

@@ -20,9 +20,16 @@ Grammar (keywords are case-insensitive)::
     function   := lower | upper | length | coalesce
 
 Semantics are SQL's: NULL compares to nothing (the result is NULL), ``and``/``or``/``not`` use
-three-valued logic, and a row is kept only when the whole expression is true. ``/`` divides as
-floating point and gives NULL when dividing by zero. ``like`` matches the whole string: ``%`` any
-run of characters, ``_`` one character, ``\\`` escapes the next one.
+three-valued logic (``false and NULL`` is false, ``true or NULL`` is true, ``not NULL`` is NULL),
+and, as in a SQL WHERE clause, a row is kept only when the whole expression is true: a NULL
+result excludes the row, exactly like false. ``/`` divides as floating point and gives NULL when
+dividing by zero. ``like`` matches the whole string: ``%`` any run of characters, ``_`` one
+character, ``\\`` escapes the next one.
+
+A parsed filter knows no column types; ``zetl.filters.bind`` checks it against the table's schema
+and turns string literals compared with dates, times, timestamps (a timestamptz literal without
+an offset is UTC), uuids and numbers into values of that type, once. Evaluating a bound filter
+on values of the wrong type raises ``EvaluationError`` (never a bare TypeError or Arrow error).
 
 There is no ``eval``: the text is tokenised and parsed here into a tree, and the tree is compiled
 into Python closures (``Predicate.matches`` for single rows) or into a ``pyarrow.compute``
@@ -32,14 +39,16 @@ row; the tests check that on every golden case.
 
 from __future__ import annotations
 
+import datetime
 import decimal
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from zetl.events import UNCHANGED
 
-__all__ = ["ExpressionError", "Predicate", "compile_expression"]
+__all__ = ["EvaluationError", "ExpressionError", "Predicate", "compile_expression", "compile_tree"]
 
 FUNCTIONS: dict[str, int | None] = {"lower": 1, "upper": 1, "length": 1, "coalesce": None}
 """Function name -> number of arguments (None: one or more)."""
@@ -55,6 +64,12 @@ class ExpressionError(ValueError):
         super().__init__(f"invalid row filter at column {column}: {message}")
         self.reason = message
         self.column = column
+
+
+class EvaluationError(ValueError):
+    """A row the filter cannot be evaluated on (values of types it cannot combine, an overflow).
+    A filter bound to its table's schema (``zetl.filters.bind``) meets this only on values that
+    do not have their column's type."""
 
 
 # -- tokens -------------------------------------------------------------------------------
@@ -136,12 +151,17 @@ class Node:
     args: tuple[Any, ...]
 
     def columns(self) -> set[str]:
+        """Every column the expression reads, including inside function arguments."""
         if self.op == "column":
             return {self.args[0]}
         found: set[str] = set()
-        for arg in self.args:
+        pending: list[Any] = list(self.args)
+        while pending:
+            arg = pending.pop()
             if isinstance(arg, Node):
                 found |= arg.columns()
+            elif isinstance(arg, tuple):  # the arguments of a call
+                pending.extend(arg)
         return found
 
 
@@ -503,12 +523,43 @@ def _decimal_scalar(value: Any) -> Any:
     return pa.scalar(d, pa.decimal128(precision, scale))
 
 
+def _arrow_type(node: Node, schema: Any) -> Any:
+    """The Arrow type of a column (or of a coalesce over one) on ``schema``; None otherwise."""
+    if node.op == "column":
+        index = schema.get_field_index(node.args[0])
+        return schema.field(index).type if index >= 0 else None
+    if node.op == "call" and node.args[0] == "coalesce":
+        return next((t for t in (_arrow_type(a, schema) for a in node.args[1]) if t is not None), None)
+    return None
+
+
+_TYPED_LITERALS = (datetime.date, datetime.time, uuid.UUID)  # datetime.datetime is a date
+
+
+def _typed_scalar(value: Any, arrow_type: Any) -> Any:
+    """A bound literal (date, time, timestamp, uuid) as a scalar of the column's Arrow type, so
+    the comparison kernel sees one type on both sides (uuid columns are text or 16 bytes)."""
+    import pyarrow as pa
+
+    if isinstance(value, uuid.UUID):
+        storage = arrow_type.storage_type if isinstance(arrow_type, pa.ExtensionType) else arrow_type
+        if pa.types.is_fixed_size_binary(storage) or pa.types.is_binary(storage) or pa.types.is_large_binary(storage):
+            return pa.scalar(value.bytes, storage)
+        return pa.scalar(str(value), arrow_type)
+    return pa.scalar(value, arrow_type)
+
+
 def _pair(left: Node, right: Node, schema: Any) -> list[Any]:
     decimal_context = _is_decimal(left, schema) or _is_decimal(right, schema)
-    return [_compile_arrow(left, schema, decimal_context), _compile_arrow(right, schema, decimal_context)]
+    return [
+        _compile_arrow(left, schema, decimal_context, _arrow_type(right, schema)),
+        _compile_arrow(right, schema, decimal_context, _arrow_type(left, schema)),
+    ]
 
 
-def _compile_arrow(node: Node, schema: Any, decimal_context: bool = False) -> Any:
+def _compile_arrow(node: Node, schema: Any, decimal_context: bool = False, hint: Any = None) -> Any:
+    """``node`` as a ``pyarrow.compute`` expression on ``schema``. ``hint`` is the Arrow type of
+    the value a literal is compared with (bound date/time/uuid literals take that type)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -517,6 +568,8 @@ def _compile_arrow(node: Node, schema: Any, decimal_context: bool = False) -> An
         value = args[0]
         if value is None:
             return pc.scalar(pa.scalar(None, pa.null()))
+        if isinstance(value, _TYPED_LITERALS) and hint is not None:
+            return pc.scalar(_typed_scalar(value, hint))
         if isinstance(value, (int, decimal.Decimal)) and not isinstance(value, bool):
             if decimal_context:
                 return pc.scalar(_decimal_scalar(value))
@@ -537,11 +590,15 @@ def _compile_arrow(node: Node, schema: Any, decimal_context: bool = False) -> An
     if op == "in":
         inner = _compile_arrow(args[0], schema)
         values = [v for v in args[1] if v is not None]
-        if _is_decimal(args[0], schema):
-            plain: list[Any] = [decimal.Decimal(v) if isinstance(v, (int, decimal.Decimal)) and not isinstance(v, bool) else v for v in values]
+        inner_type = _arrow_type(args[0], schema)
+        if values and inner_type is not None and isinstance(values[0], _TYPED_LITERALS):
+            plain: list[Any] = [_typed_scalar(v, inner_type).as_py() for v in values]
+            candidates = pa.array(plain, type=_typed_scalar(values[0], inner_type).type)
+        elif _is_decimal(args[0], schema):
+            candidates = pa.array([decimal.Decimal(v) if isinstance(v, (int, decimal.Decimal)) and not isinstance(v, bool) else v for v in values])
         else:
-            plain = [float(v) if isinstance(v, decimal.Decimal) else v for v in values]
-        found = inner.isin(pa.array(plain)) if plain else pc.scalar(False)
+            candidates = pa.array([float(v) if isinstance(v, decimal.Decimal) else v for v in values])
+        found = inner.isin(candidates) if values else pc.scalar(False)
         null = pc.scalar(pa.scalar(None, pa.bool_()))
         if len(values) != len(args[1]):  # SQL: x in (.., null) is null when not found
             found = pc.Expression._call("if_else", [found, pc.scalar(True), null])
@@ -566,7 +623,8 @@ def _compile_arrow(node: Node, schema: Any, decimal_context: bool = False) -> An
         function = args[0]
         if function == "coalesce":
             context = any(_is_decimal(a, schema) for a in args[1])
-            return pc.Expression._call("coalesce", [_compile_arrow(a, schema, context) for a in args[1]])
+            typed = _arrow_type(node, schema) or hint
+            return pc.Expression._call("coalesce", [_compile_arrow(a, schema, context, typed) for a in args[1]])
         kernel = {"lower": "utf8_lower", "upper": "utf8_upper", "length": "utf8_length"}[function]
         return pc.Expression._call(kernel, [_compile_arrow(a, schema) for a in args[1]])
     raise AssertionError(f"unknown node {op}")
@@ -587,12 +645,13 @@ class Predicate:
     _row: Evaluator
 
     def matches(self, row: Mapping[str, Any]) -> bool | None:
+        """Raises ``EvaluationError`` when the row's values cannot be evaluated."""
         try:
             return self._row(row) is True
         except _Unknown:
             return None
-        except TypeError as exc:
-            raise TypeError(f"row filter {self.text!r}: {exc}") from None
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise EvaluationError(str(exc)) from exc
 
     def arrow_mask(self, rows: Any) -> Any:
         """A boolean array: True where the row is kept (nulls are already False)."""
@@ -601,10 +660,13 @@ class Predicate:
         import pyarrow.dataset as ds
 
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
-        expression = _compile_arrow(self.tree, table.schema)
-        kept = ds.dataset(table).to_table(columns={"keep": expression})["keep"]
+        try:
+            expression = _compile_arrow(self.tree, table.schema)
+            kept = ds.dataset(table).to_table(columns={"keep": expression})["keep"]
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise EvaluationError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
         if not pa.types.is_boolean(kept.type):
-            raise TypeError(f"row filter {self.text!r} does not give true/false but {kept.type}")
+            raise EvaluationError(f"the filter gives {kept.type} values, not true/false")
         return pc.fill_null(kept, False)
 
     def arrow_filter(self, rows: Any) -> Any:
@@ -624,7 +686,11 @@ def parse_expression(text: str) -> Node:
 
 def compile_expression(text: str) -> Predicate:
     """Parse and compile a row filter once. Raises ``ExpressionError`` on a syntax error."""
-    tree = parse_expression(text)
+    return compile_tree(text, parse_expression(text))
+
+
+def compile_tree(text: str, tree: Node) -> Predicate:
+    """The predicate of an already parsed (or bound) tree."""
     return Predicate(text, tree, frozenset(tree.columns()), _compile_row(tree))
 
 
