@@ -131,27 +131,34 @@ def create_slot(server: PostgresServer, database: str, state_dir: Path) -> Posit
     return position
 
 
-def test_large_transaction_arrives_complete_once_in_commit_order(small_memory_server: PostgresServer, database: str, sql: Sql, tmp_path: Path) -> None:
+def test_large_transactions_arrive_complete_once_in_commit_order(small_memory_server: PostgresServer, database: str, sql: Sql, tmp_path: Path) -> None:
     start = create_slot(small_memory_server, database, tmp_path)
     with make_source(small_memory_server, database, tmp_path) as source:
-        other = Sql(small_memory_server, database)
+        first, second = Sql(small_memory_server, database), Sql(small_memory_server, database)
         try:
-            other("BEGIN")
-            other(insert_rows(1, BIG // 2))
+            # two large transactions whose streamed blocks interleave; the one begun last commits first
+            first("BEGIN")
+            second("BEGIN")
+            first(insert_rows(1, BIG // 2))
+            second(insert_rows(100_001, 101_500))
             sql("INSERT INTO items VALUES (-1, 'small, committed first')")
-            other(insert_rows(BIG // 2 + 1, BIG))
-            other("COMMIT")
+            first(insert_rows(BIG // 2 + 1, BIG))
+            second(insert_rows(101_501, 103_000))
+            second("COMMIT")
+            first("COMMIT")
         finally:
-            other.conn.close()
+            first.conn.close()
+            second.conn.close()
         sql("INSERT INTO items VALUES (-2, 'small, committed last')")
         events, batches = drain(source, start, lambda ev, _b: -2 in ids(ev), timeout=60)
-        assert wait_streamed(sql, database, 0) >= 1
-    assert ids(events) == [-1, *range(1, BIG + 1), -2], "commit order, each row once"
-    big = [e for e in events if e.op is Op.INSERT and e.after["id"] > 0]
+        assert wait_streamed(sql, database, 1) >= 2, "both large transactions were streamed"
+    assert ids(events) == [-1, *range(100_001, 103_001), *range(1, BIG + 1), -2], "commit order, each row once"
+    big = [e for e in events if e.op is Op.INSERT and 0 < e.after["id"] <= BIG]
     assert len({e.position for e in big}) == 1 and len({e.txid for e in big}) == 1, "one transaction, one commit position"
     small_first = next(e for e in events if e.after["id"] == -1)
     small_last = next(e for e in events if e.after["id"] == -2)
-    assert small_first.position < big[0].position < small_last.position
+    second_position = next(e for e in events if e.after["id"] == 100_001).position
+    assert small_first.position < second_position < big[0].position < small_last.position
     assert big[0].after["note"] == "p" * 40
     batch_of_big = [b for b in batches if any(e.op is Op.INSERT and e.after["id"] == 1 for e in b.iter_events())]
     assert len(batch_of_big) == 1, "a transaction is never split across batches"
