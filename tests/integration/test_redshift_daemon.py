@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -164,14 +165,74 @@ def test_postgres_to_redshift_end_to_end(pg_server: PostgresServer, source_datab
     assert by_key == [{"id": 3, "name": "cust 3"}, {"id": 21, "name": "new"}]
 
 
+def test_postgres_history_mode_sigkill_mid_stream_exactly_once(pg_server: PostgresServer, source_database: str, redshift_target: RedshiftTarget, tmp_path: Path) -> None:
+    """Logical replication into history mode: the daemon is SIGKILLed while it works through a
+    backlog of single-row transactions and restarted without its local checkpoint store. Every
+    change must be one version row: batches committed before the kill are skipped on replay by
+    the position stored in ``_zetl_checkpoints`` with the data."""
+    src = psycopg.connect(pg_server.dsn(source_database), autocommit=True)
+    src.execute("CREATE TABLE public.ledger (id int PRIMARY KEY, step int NOT NULL)")
+    src.execute("INSERT INTO public.ledger SELECT g, 0 FROM generate_series(1, 20) g")
+    config = _write_yaml(
+        tmp_path / "pg-history.yaml",
+        "pg-history",
+        {"type": "postgres", "host": pg_server.host, "port": pg_server.port, "database": source_database, "user": "postgres", "heartbeat_interval": 0.5},
+        redshift_target.sink_config(history_mode=True),
+        tables=["public.ledger"],
+        batching={"max_rows": 5, "max_delay": "20ms"},
+    )
+    versions = "SELECT count(*) AS n FROM public.ledger"
+    stream_versions = "SELECT count(*) AS n FROM public.ledger WHERE _op <> 'r'"
+    inserted, marker = range(1001, 1151), 9999
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "zetl.cli", "run", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    proc = start()
+    try:
+        _wait(redshift_target, versions, 20, proc)  # the snapshot is in: the slot exists
+        for i in inserted:  # 300 transactions of one change each
+            src.execute("INSERT INTO public.ledger VALUES (%s, 1)", (i,))
+        for i in inserted:
+            src.execute("UPDATE public.ledger SET step = 2 WHERE id = %s", (i,))
+        _wait(redshift_target, stream_versions, 100, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    (tmp_path / "state.db").unlink()  # only _zetl_checkpoints remains
+    proc = start()
+    try:
+        src.execute("INSERT INTO public.ledger VALUES (%s, 3)", (marker,))  # after every change above
+        _wait(redshift_target, f"SELECT count(*) AS n FROM public.ledger WHERE id = {marker}", 1, proc, timeout=90)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+        src.close()
+    assert proc.returncode == 0, output.decode()[-3000:]
+
+    history = redshift_target.query("SELECT id, step, _op, count(*) AS n FROM public.ledger GROUP BY id, step, _op")
+    counts = {(r["id"], r["step"], r["_op"]): r["n"] for r in history}
+    expected = {(i, 0, "r"): 1 for i in range(1, 21)}
+    expected |= {(i, 1, "c"): 1 for i in inserted} | {(i, 2, "u"): 1 for i in inserted} | {(marker, 3, "c"): 1}
+    assert counts == expected, "every change exactly once"
+    current = redshift_target.query("SELECT id, step FROM public.ledger WHERE _valid_to IS NULL")
+    assert sorted((r["id"], r["step"]) for r in current) == [(i, 0) for i in range(1, 21)] + [(i, 2) for i in inserted] + [(marker, 3)]
+    positions = redshift_target.query("SELECT count(DISTINCT _position) AS n FROM public.ledger WHERE _op <> 'r'")
+    assert positions[0]["n"] == 2 * len(inserted) + 1
+    assert [r["integration"] for r in redshift_target.query("SELECT integration FROM public._zetl_checkpoints")] == ["pg-history"]
+
+
 @pytest.mark.mariadb
 def test_mariadb_to_redshift_end_to_end(mariadb_server: Any, mariadb_database: str, redshift_target: RedshiftTarget, tmp_path: Path) -> None:
     import pymysql
 
     src = pymysql.connect(host="127.0.0.1", port=mariadb_server.port, user="zetl", password="zetl", database=mariadb_database, autocommit=True)
     cur = src.cursor()
-    cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(40) NOT NULL, total DECIMAL(12,2), placed DATETIME(6))")
-    cur.executemany("INSERT INTO orders VALUES (%s, %s, %s, '2026-01-02 03:04:05.678901')", [(i, f"c{i}", Decimal(i) / 4) for i in range(1, 11)])
+    cur.execute("CREATE TABLE orders (id INT PRIMARY KEY, customer VARCHAR(40) NOT NULL, total DECIMAL(12,2), placed DATETIME(6), doc JSON)")
+    cur.executemany(
+        "INSERT INTO orders VALUES (%s, %s, %s, '2026-01-02 03:04:05.678901', %s)",
+        [(i, f"c{i}", Decimal(i) / 4, json.dumps({"customer": {"name": f"cust {i}"}, "lines": [i, i + 1]})) for i in range(1, 11)],
+    )
     config = _write_yaml(
         tmp_path / "my.yaml",
         "mysql-to-redshift",
@@ -190,7 +251,7 @@ def test_mariadb_to_redshift_end_to_end(mariadb_server: Any, mariadb_database: s
         cur.execute("UPDATE orders SET total = 100.50 WHERE id = 1")
         cur.execute("DELETE FROM orders WHERE id = 2")
         cur.execute("ALTER TABLE orders ADD COLUMN status VARCHAR(10)")
-        cur.execute("INSERT INTO orders (id, customer, status) VALUES (11, 'c11', 'open')")
+        cur.execute("INSERT INTO orders (id, customer, status, doc) VALUES (11, 'c11', 'open', '{\"customer\": {\"name\": \"streamed\"}, \"vip\": true}')")
         _until(lambda: redshift_target.query(count)[0]["n"] == 10 and redshift_target.query(f'SELECT count(*) AS n FROM public."{target_table}" WHERE id = 11')[0]["n"] == 1)
     finally:
         runner.stop.set()
@@ -200,6 +261,15 @@ def test_mariadb_to_redshift_end_to_end(mariadb_server: Any, mariadb_database: s
     assert set(rows) == set(range(1, 12)) - {2}
     assert rows[1]["total"] == Decimal("100.50") and rows[3]["total"] == Decimal("0.75")
     assert rows[11]["status"] == "open" and rows[3]["placed"].microsecond == 678901
+    # MariaDB's JSON (LONGTEXT checked by json_valid) lands in SUPER, queryable by key.
+    super_column = redshift_target.query("SELECT data_type, domain_name FROM information_schema.columns WHERE table_name = %s AND column_name = 'doc'", (target_table,))
+    assert super_column == [{"data_type": "jsonb", "domain_name": "super"}]
+    by_key = redshift_target.query(
+        f"SELECT id, json_extract_path_text(json_serialize(doc), 'customer', 'name') AS name FROM public.\"{target_table}\" WHERE id IN (3, 11) ORDER BY id"
+    )
+    assert by_key == [{"id": 3, "name": "cust 3"}, {"id": 11, "name": "streamed"}]
+    docs = {r["id"]: r["doc"] for r in redshift_target.query(f'SELECT id, doc FROM public."{target_table}" WHERE id IN (3, 11)')}
+    assert docs == {3: {"customer": {"name": "cust 3"}, "lines": [3, 4]}, 11: {"customer": {"name": "streamed"}, "vip": True}}
 
 
 # -- zetl drift: read only --------------------------------------------------------------------

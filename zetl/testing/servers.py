@@ -158,6 +158,9 @@ class MariaDBServer:
             "datadir": str(self.data),
             "socket": str(self.socket),
             "pid-file": str(self.dir / "mariadbd.pid"),
+            # A private tmpdir: every mariadbd deletes "#sql*" files in its tmpdir at startup, so a
+            # shared /tmp lets one server remove another's live temporary tables.
+            "tmpdir": str(self.dir),
             "port": str(self.port),
             "bind-address": "127.0.0.1",
             "user": "mysql",
