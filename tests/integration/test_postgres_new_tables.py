@@ -210,6 +210,43 @@ def test_restart_before_and_in_the_middle_of_the_copy(pg_server: PostgresServer,
     assert ends[0] > checkpoint and all(a <= b for a, b in zip(ends, ends[1:]))
 
 
+def test_a_transaction_writing_the_table_while_it_joins_is_not_lost(pg_server: PostgresServer, pg_database: str, sql: Sql) -> None:
+    """A transaction that wrote the new table before it joined the publication and commits after
+    would be neither published nor seen by the copy: the join waits for it to end."""
+    sql("CREATE TABLE items (id int PRIMARY KEY)")
+    watcher = Sql(pg_server, pg_database)
+    writer = psycopg.connect(pg_server.dsn(pg_database), autocommit=False)
+    join_waited = threading.Event()
+
+    def commit_once_the_join_waits() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not join_waited.is_set():
+            if watcher("SELECT count(*) FROM pg_locks WHERE relation = 'late'::regclass AND mode = 'ShareLock' AND NOT granted")[0][0]:
+                join_waited.set()
+            else:
+                time.sleep(0.05)
+        writer.execute("INSERT INTO late VALUES (2, 'while the join waits')")
+        writer.commit()
+
+    helper = threading.Thread(target=commit_once_the_join_waits, daemon=True)
+
+    def on_batch(batch: Batch) -> None:
+        if not helper.is_alive() and not join_waited.is_set() and streaming(batch) and not sql("SELECT to_regclass('late')")[0][0]:
+            sql("CREATE TABLE late (id int PRIMARY KEY, v text)")
+            writer.execute("INSERT INTO late VALUES (1, 'before the join')")  # left uncommitted
+            helper.start()
+
+    try:
+        with make_source(pg_server, pg_database) as source:
+            events, _ = drain(source, None, lambda ev, _b: len(ops(ev, LATE)) >= 2, on_batch=on_batch)
+        helper.join(20)
+        assert join_waited.is_set(), "the table joined the publication while a transaction writing it was open"
+        assert ops(events, LATE) == [("READ", 1), ("READ", 2)]
+    finally:
+        writer.close()
+        watcher.conn.close()
+
+
 def test_new_table_without_replica_identity_is_reported_not_published(
     pg_server: PostgresServer, pg_database: str, sql: Sql, caplog: pytest.LogCaptureFixture
 ) -> None:
