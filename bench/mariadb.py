@@ -114,9 +114,10 @@ def pymysql_sscursor(server: MariaDBServer, rows: int) -> dict[str, Any]:
     return {"rows": count, "seconds": dt, "rows_per_s": count / dt, "cpu_us_per_row": dc / count * 1e6}
 
 
-def zetl_stream(server: MariaDBServer, start: Any, n: int, *, table: str = "t_stream", cache_table_maps: bool = True) -> dict[str, Any]:
+def zetl_stream(server: MariaDBServer, start: Any, n: int, *, table: str = "t_stream", cache_table_maps: bool = True, prefetch: bool = True) -> dict[str, Any]:
     src = source(server, table, snapshot="never")
     src._cache_table_maps = cache_table_maps
+    src._prefetch = prefetch
     src.open()
     count = 0
     c0, t0 = cpu(), time.perf_counter()
@@ -175,6 +176,9 @@ def main() -> None:
         result["stream"] = zetl_stream(server, start, a.stream_rows)
         result["stream_ratio"] = result["stream"]["events_per_s"] / result["stream_ceiling_events_per_s"]
         print(f"stream backlog: zetl {result['stream']['events_per_s']:,.0f} events/s, ceiling {result['stream_ceiling_events_per_s']:,.0f} -> {result['stream_ratio']:.3f}", flush=True)
+        # the same without reading the binlog socket ahead in a thread (what the read-ahead adds)
+        result["stream_without_read_ahead"] = zetl_stream(server, start, a.stream_rows, prefetch=False)
+        print(f"stream backlog without read-ahead: {result['stream_without_read_ahead']['events_per_s']:,.0f} events/s", flush=True)
         if a.small_txns:
             # single-row transactions: here the table map before every row event is the cost
             server.sql("CREATE TABLE bench.t_small " + DDL)
@@ -193,6 +197,7 @@ def main() -> None:
         Figure("snapshot via PyMySQL SSCursor (reference)", result["pymysql_sscursor"]["rows_per_s"], "rows/s", result["snapshot_ceiling_rows_per_s"], None, note="alternative reader, not used"),
         Figure("stream backlog events/s", result["stream"]["events_per_s"], "events/s", result["stream_ceiling_events_per_s"], 0.15, note="vs mariadb-binlog --read-from-remote-server -v"),
         Figure("stream CPU per event", result["stream"]["cpu_us_per_event"], "µs", None, None, False),
+        Figure("stream backlog without read-ahead (reference)", result["stream_without_read_ahead"]["events_per_s"], "events/s", result["stream_ceiling_events_per_s"], None, note="binlog socket read by the decoding thread"),
     ]
     if a.small_txns:
         figures.append(Figure("single-row txns events/s (table maps cached)", result["small_txns_cached_table_maps"]["events_per_s"], "events/s"))

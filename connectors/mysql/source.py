@@ -18,6 +18,7 @@ from zetl_connectors.mysql.connection import (
 )
 from zetl_connectors.mysql.history import SchemaHistoryFile
 from zetl_connectors.mysql.position import MySQLPosition, SnapshotProgress
+from zetl_connectors.mysql.prefetch import prefetching_connection_class
 from zetl_connectors.mysql.preflight import ServerInfo, check_settings, server_info
 from zetl_connectors.mysql.rowdecode import RowDecoder
 from zetl_connectors.mysql.snapshot import (
@@ -82,6 +83,7 @@ class MySQLSource(Source[MySQLConfig]):
         self._generator: Any = None
         self._fast_rows = True  # tests turn it off to compare with the library's own decoding
         self._cache_table_maps = True  # the bench turns it off to measure what the cache saves
+        self._prefetch = True  # read the binlog socket ahead in a thread (tests and the bench compare)
 
     # -- lifecycle ------------------------------------------------------------------------
     @property
@@ -354,6 +356,9 @@ class MySQLSource(Source[MySQLConfig]):
             freeze_schema=self._cache_table_maps,
             enable_logging=False,
         )
+        if self._prefetch:
+            # The binlog connection receives ahead in a thread while events are decoded.
+            kwargs["pymysql_wrapper"] = prefetching_connection_class(pymysql().connections.Connection)
         if self.mariadb and start.gtid:
             kwargs.update(is_mariadb=True, auto_position=start.gtid)
         elif not self.mariadb and start.gtid and (self._info is None or self._info.variables.get("gtid_mode", "OFF").upper() == "ON"):

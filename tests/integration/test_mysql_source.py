@@ -405,6 +405,28 @@ def test_row_decoder_matches_the_library_on_edge_values(mariadb_server: MariaDBS
     assert fast_rows[1][2]["ts1"] == dt.datetime(2038, 1, 19, 3, 14, 7, 900000, tzinfo=UTC)  # type: ignore[index]
 
 
+def test_binlog_read_ahead_gives_the_same_events_and_positions(mariadb_server: MariaDBServer, mariadb_database: str, driver: Driver) -> None:
+    driver.run("CREATE TABLE ahead (id int PRIMARY KEY, doc json, note text)")
+    with make_source(mariadb_server, mariadb_database) as source:
+        start = _stream_start(source)
+    for first in (1, 301, 601):  # transactions of 300 rows: several row events each
+        driver.run(f"INSERT INTO ahead SELECT seq, JSON_OBJECT('k', seq), REPEAT('n', seq % 50) FROM seq_{first}_to_{first + 299}")
+    driver.run("UPDATE ahead SET note = 'u' WHERE id % 100 = 0")
+    driver.run("DELETE FROM ahead WHERE id > 850")
+    seen = []
+    for prefetch in (True, False):
+        with make_source(mariadb_server, mariadb_database) as source:
+            source._prefetch = prefetch
+            batches = _read_until(source, start, lambda bs: sum(len(b.events) for b in bs) >= 959)
+            assert any(t.name == "zetl-binlog-reader" for t in threading.enumerate()) is prefetch
+        seen.append(([(e.op, e.before, e.after, e.position, e.txid) for b in batches for e in b.events], [b.end_position for b in batches]))
+        assert not any(t.name == "zetl-binlog-reader" for t in threading.enumerate())  # closed with the source
+    (ahead_events, ahead_ends), (plain_events, plain_ends) = seen
+    assert len(ahead_events) == 959 and ahead_events == plain_events
+    # batches may be cut at other transactions (timing), but end where the last transaction ends
+    assert [e for e in ahead_ends if e is not None][-1] == [e for e in plain_ends if e is not None][-1] == ahead_events[-1][3]
+
+
 def test_values_converted_while_decoding_match_the_library(mariadb_server: MariaDBServer, mariadb_database: str, driver: Driver) -> None:
     # columns whose values zetl converts (JSON text, BIT, BIGINT UNSIGNED as decimal), with NULLs
     driver.run("CREATE TABLE conv (id int PRIMARY KEY, doc json, b bit(1), bits bit(10), big bigint unsigned, n int, t text, at datetime)")

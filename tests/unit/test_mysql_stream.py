@@ -385,3 +385,83 @@ def test_event_builder_makes_ordinary_change_events() -> None:
         assert pickle.loads(pickle.dumps(fast)) == slow
         with pytest.raises(dataclasses.FrozenInstanceError):
             fast.op = Op.READ  # type: ignore[misc]
+
+
+def _reader_threads() -> list[Any]:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "zetl-binlog-reader"]
+
+
+def test_prefetch_buffer_gives_the_socket_bytes_in_order_then_the_end() -> None:
+    import socket
+    import threading
+    import time
+
+    from zetl_connectors.mysql.prefetch import PrefetchBuffer
+
+    ours, peer = socket.socketpair()
+    try:
+        rfile = ours.makefile("rb")
+        buffer = PrefetchBuffer(rfile.read1, close=rfile.close, block=7, max_buffered=20)
+        buffer.start()
+        payload = bytes(range(256)) * 40  # 10,240 bytes: many blocks, more than the bound
+        sender = threading.Thread(target=lambda: (peer.sendall(payload), peer.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got = [buffer.read(4)]
+        deadline = time.monotonic() + 30
+        while buffer._buffered < 20:  # the thread receives ahead up to the bound...
+            assert time.monotonic() < deadline, "the reader thread received nothing"
+            time.sleep(0.01)
+        assert buffer._buffered <= 20 + 7  # ...and no further while nobody reads
+        got += [buffer.read(n) for n in (1, 3000, 0, 7000)]
+        assert b"".join(got) == payload[:10005] and [len(g) for g in got] == [4, 1, 3000, 0, 7000]
+        assert buffer.read(1000) == payload[10005:]  # the end of the stream: a short read
+        assert buffer.read(4) == b""
+        sender.join(10)
+        buffer.close()
+        assert not buffer.running and rfile.closed
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_prefetch_buffer_raises_the_receive_error_after_the_bytes_before_it() -> None:
+    import socket
+
+    from zetl_connectors.mysql.prefetch import PrefetchBuffer
+
+    ours, peer = socket.socketpair()
+    try:
+        ours.settimeout(0.2)  # nothing follows the first bytes: the receive times out
+        rfile = ours.makefile("rb")
+        buffer = PrefetchBuffer(rfile.read1, close=rfile.close)
+        peer.sendall(b"abcdef")
+        buffer.start()
+        assert buffer.read(6) == b"abcdef"
+        with pytest.raises(OSError):
+            buffer.read(1)
+        buffer.close()
+        assert not buffer.running
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_prefetch_thread_ends_when_the_socket_is_shut_down() -> None:
+    import socket
+
+    from zetl_connectors.mysql.prefetch import PrefetchBuffer
+
+    ours, peer = socket.socketpair()
+    try:
+        rfile = ours.makefile("rb")
+        buffer = PrefetchBuffer(rfile.read1, close=rfile.close)
+        buffer.start()
+        assert buffer.running and _reader_threads()
+        ours.shutdown(socket.SHUT_RDWR)  # what the connection does when it closes
+        buffer.close()
+        assert not buffer.running and buffer.read(1) == b""
+    finally:
+        ours.close()
+        peer.close()
