@@ -34,9 +34,19 @@ def _set_session(cur: Any) -> None:
     cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
 
 
+# MySQL >= 8.4 answers SHOW MASTER STATUS with a syntax error.
+_PARSE_ERROR = 1064
+
+
 def _master_status(cur: Any) -> tuple[str, int, str | None]:
-    """File, offset and (MySQL) executed GTID set of the binlog's end, from ``SHOW MASTER STATUS``."""
-    cur.execute("SHOW MASTER STATUS")
+    """File, offset and (MySQL) executed GTID set of the binlog's end, from ``SHOW MASTER STATUS``
+    (``SHOW BINARY LOG STATUS`` on MySQL >= 8.4, which no longer knows the former)."""
+    try:
+        cur.execute("SHOW MASTER STATUS")
+    except pymysql().err.ProgrammingError as exc:
+        if not exc.args or exc.args[0] != _PARSE_ERROR:
+            raise
+        cur.execute("SHOW BINARY LOG STATUS")
     row = cur.fetchone()
     if row is None:
         raise SourceError("SHOW MASTER STATUS returned nothing: the binlog is off (set log_bin and restart the server)", retryable=False)
