@@ -19,7 +19,7 @@ from zetl.errors import ConfigError, SchemaError
 from zetl.events import ChangeEvent, Op, RowChunk, SequencePosition, TableId
 from zetl.filters.apply import TableFilter
 from zetl.filters.config import FiltersConfig
-from zetl.filters.expr import ExpressionError, Predicate, compile_expression
+from zetl.filters.expr import EvaluationError, ExpressionError, Predicate, compile_expression
 from zetl.schema.types import DataType, Field, Schema, T, TypeKind
 
 
@@ -144,3 +144,11 @@ def test_evaluation_errors_name_the_table_and_the_filter() -> None:
 def test_columns_inside_function_arguments_are_found() -> None:
     predicate = compile_expression("lower(stauts) = 'x' or coalesce(a, upper(b)) like 'c%'")
     assert predicate.columns == frozenset({"stauts", "a", "b"})
+
+
+def test_integer_overflow_is_an_error_on_both_paths() -> None:
+    predicate = _bound("n:int64", "n * 2 > 0")
+    with pytest.raises(EvaluationError, match="integer overflow"):
+        predicate.matches({"id": 1, "n": 2**62})
+    with pytest.raises(EvaluationError, match="overflow"):
+        predicate.arrow_mask(pa.table({"id": pa.array([1], pa.int64()), "n": pa.array([2**62], pa.int64())}))

@@ -351,12 +351,22 @@ def _arith(op: str, a: Any, b: Any) -> Any:
     if isinstance(a, float) or isinstance(b, float) or op == "div":
         a, b = float(a), float(b)
     if op == "add":
-        return a + b
+        return _int64(a + b)
     if op == "sub":
-        return a - b
+        return _int64(a - b)
     if op == "mul":
-        return a * b
+        return _int64(a * b)
     return None if b == 0 else a / b
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int64(value: Any) -> Any:
+    """Integer arithmetic is 64-bit, as on the Arrow path: a result out of range is an error."""
+    if type(value) is int and not _INT64[0] <= value <= _INT64[1]:
+        raise OverflowError(f"integer overflow: {value} is out of the 64-bit range")
+    return value
 
 
 def _compare(op: str, a: Any, b: Any) -> bool | None:
@@ -476,7 +486,7 @@ def _compile_row(node: Node) -> Evaluator:
         return lambda row: _arith(op, left(row), right(row))
     if op == "neg":
         inner = _compile_row(args[0])
-        return lambda row: None if (v := inner(row)) is None else -v
+        return lambda row: None if (v := inner(row)) is None else _int64(-v)
     if op == "call":
         function, call_args = args[0], [_compile_row(a) for a in args[1]]
         if function == "coalesce":
@@ -577,6 +587,10 @@ def _compile_arrow(node: Node, schema: Any, decimal_context: bool = False, hint:
                 return pc.scalar(float(value))
         return pc.scalar(value)
     if op == "column":
+        index = schema.get_field_index(args[0])
+        if index >= 0 and pa.types.is_integer(schema.field(index).type) and schema.field(index).type != pa.int64():
+            # Narrower integers are widened so that arithmetic overflows at 64 bits on both paths.
+            return pc.Expression._call("cast", [pc.field(args[0])], pc.CastOptions.safe(pa.int64()))
         return pc.field(args[0])
     if op == "and":
         return _compile_arrow(args[0], schema) & _compile_arrow(args[1], schema)
