@@ -69,6 +69,7 @@ def current_position(conn: Any, mariadb: bool) -> MySQLPosition:
 _LOCK_REFUSED = frozenset({1044, 1045, 1142, 1227})
 # LOCK TABLES on a table dropped since it was listed.
 _NO_SUCH_TABLE = 1146
+_LOCK_WAIT_TIMEOUT = 1205
 _LOCK_ATTEMPTS = 3
 _LOCK_WAIT_SECONDS = 120
 
@@ -181,6 +182,13 @@ def _begin_under_table_locks(conn: Any, selector: TableSelector, lock_connection
                         if code == _NO_SUCH_TABLE and attempt < _LOCK_ATTEMPTS:
                             tables = selected_tables(conn, selector)  # dropped meanwhile
                             continue
+                        if code == _LOCK_WAIT_TIMEOUT:
+                            raise SourceError(
+                                f"LOCK TABLES waited {_LOCK_WAIT_SECONDS} s for transactions still open on the selected tables"
+                                f" ({', '.join(map(str, tables))}) to end; the snapshot starts again later. Long transactions on"
+                                " them delay the snapshot (granting RELOAD lets it use the global read lock instead)",
+                                retryable=True,
+                            ) from exc
                         if code in _LOCK_REFUSED:
                             raise SourceError(
                                 f"the snapshot needs a lock to start without gap or overlap and the server refused both"

@@ -201,3 +201,29 @@ def test_handoff_without_reload_nor_lock_tables_says_what_to_grant(mariadb_serve
             conn.close()
     finally:
         mariadb_server.sql(f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+
+
+def test_table_lock_waiting_on_an_open_transaction_gives_up_retryably(
+    mariadb_server: MariaDBServer, mariadb_database: str, restricted_user: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zetl_connectors.mysql import snapshot
+
+    monkeypatch.setattr(snapshot, "_LOCK_WAIT_SECONDS", 1)
+    user, password = restricted_user
+    writer = _connect(mariadb_server, "zetl", "zetl", mariadb_database)
+    conn = _connect(mariadb_server, user, password, mariadb_database)
+    try:
+        with writer.cursor() as cur:
+            cur.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+            cur.execute("BEGIN")
+            cur.execute("INSERT INTO t VALUES (1, 1)")  # open, uncommitted: LOCK TABLES ... READ waits for it
+        with pytest.raises(SourceError, match=rf"LOCK TABLES waited 1 s .*{mariadb_database}\.t") as info:
+            begin_consistent_snapshot(
+                conn, False, logging.getLogger("zetl.test.handoff"),
+                selector=TableSelection.of([f"{mariadb_database}.*"]), lock_connection=lambda: _connect(mariadb_server, user, password),
+            )
+        assert info.value.retryable
+    finally:
+        writer.rollback()
+        writer.close()
+        conn.close()
