@@ -210,6 +210,28 @@ def test_restart_before_and_in_the_middle_of_the_copy(pg_server: PostgresServer,
     assert ends[0] > checkpoint and all(a <= b for a, b in zip(ends, ends[1:]))
 
 
+def test_restart_copies_tables_created_while_stopped_and_drops_unselected_ones(pg_server: PostgresServer, pg_database: str, sql: Sql) -> None:
+    sql("CREATE TABLE a (id int PRIMARY KEY, v text)")
+    with make_source(pg_server, pg_database, table_discovery_interval=0) as source:
+        _, batches = drain(source, None, lambda _e, b: streaming(b[-1]))
+        publication = source.publication_name
+    checkpoint = batches[-1].end_position
+    sql("CREATE TABLE b (id int PRIMARY KEY, v text); INSERT INTO b SELECT g, 'v' || g FROM generate_series(1, 3) g")
+    # restarted with a narrower selection and searches disabled: the restart itself finds table b
+    with make_source(pg_server, pg_database, exclude=("public.a",), table_discovery_interval=0) as source:
+        assert sql.published(publication) == set(), "opening removes the unselected table and adds none without its copy"
+        sql("INSERT INTO b VALUES (4, 'v4')")
+
+        def on_batch(batch: Batch) -> None:
+            if streaming(batch) and not sql("SELECT 1 FROM b WHERE id = 5"):
+                sql("INSERT INTO b VALUES (5, 'v5')")
+
+        events, batches = drain(source, checkpoint, lambda ev, _b: ("INSERT", 5) in ops(ev, TableId("public", "b")), on_batch=on_batch)
+    assert sql.published(publication) == {"b"}
+    assert ops(events, TableId("public", "b")) == [("READ", 1), ("READ", 2), ("READ", 3), ("READ", 4), ("INSERT", 5)]
+    assert [c.table.name for b in batches for c in b.schema_changes] == ["b"]
+
+
 def test_a_transaction_writing_the_table_while_it_joins_is_not_lost(pg_server: PostgresServer, pg_database: str, sql: Sql) -> None:
     """A transaction that wrote the new table before it joined the publication and commits after
     would be neither published nor seen by the copy: the join waits for it to end."""
