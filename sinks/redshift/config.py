@@ -92,6 +92,8 @@ class RedshiftConfig(SinkConfig):
     """AWS region of the cluster or workgroup (IAM authentication)."""
     profile: str | None = None
     """AWS profile for IAM authentication (default: boto3's credential chain)."""
+    aws_endpoint_url: str | None = None
+    """Redshift (or Redshift Serverless) API endpoint for IAM authentication, e.g. a VPC endpoint (default: the region's)."""
     target_schema: str = Field("public", alias="schema")
     """Target schema; created if missing. Tables land as ``<schema>.<table_name>``."""
     table_name: str = "{name}"

@@ -130,7 +130,7 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         if cfg.host:
             kwargs["host"] = cfg.host
         if cfg.iam:
-            kwargs.update(iam=True, db_user=cfg.user, region=cfg.region, profile=cfg.profile)
+            kwargs.update(iam=True, db_user=cfg.user, region=cfg.region, profile=cfg.profile, endpoint_url=cfg.aws_endpoint_url)
             if cfg.cluster_identifier:
                 kwargs["cluster_identifier"] = cfg.cluster_identifier
             if cfg.serverless_workgroup:

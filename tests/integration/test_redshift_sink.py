@@ -492,3 +492,54 @@ def test_widenings_across_redshift_types_keep_values(redshift_target: RedshiftTa
     rows = {r["id"]: r for r in make_reader(redshift_target)(t)}
     assert rows[1] == {"id": 1, "amount": "12.50", "day": dt.datetime(2026, 2, 3), "ratio": 0.5}
     assert rows[2]["amount"] == "1234567890123456789012345678901234567890123.45" and rows[2]["ratio"] == 0.1
+
+
+def test_iam_authentication_with_temporary_credentials_from_the_redshift_api(
+    redshift_target: RedshiftTarget, moto_s3: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """``iam: true``: the driver asks the Redshift API (moto in server mode) for temporary
+    credentials of ``user`` on ``cluster_identifier`` and logs in as the returned ``IAM:<user>``
+    over TLS (the driver insists on it with IAM; here a proxy with a self-signed certificate the
+    test trusts). The target is trust-authenticated, so the temporary password is not checked
+    here; the temporary user name is (only that role may log in and write)."""
+    import boto3
+
+    from redshift_target.proxy import RedshiftProxy
+    from redshift_target.target import S3_CREDENTIALS, self_signed_tls
+
+    pg, db = redshift_target.pg, redshift_target.database
+    suffix = abs(hash(db)) % 10**8
+    cluster, iam_role = f"zetl-iam-{suffix}", f"IAM:zetl_iam_{suffix}"
+    boto3.client(
+        "redshift",
+        endpoint_url=moto_s3,
+        region_name=S3_CREDENTIALS["region"],
+        aws_access_key_id=S3_CREDENTIALS["access_key_id"],
+        aws_secret_access_key=S3_CREDENTIALS["secret_access_key"],
+    ).create_cluster(ClusterIdentifier=cluster, NodeType="ra3.xlplus", MasterUsername="admin", MasterUserPassword="Admin-pass-1", ClusterType="single-node")
+    tls, ca = self_signed_tls(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the driver loads the default CAs, which honour it
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_CREDENTIALS["access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_CREDENTIALS["secret_access_key"])
+    pg.psql(f'DROP ROLE IF EXISTS "{iam_role}"')
+    pg.psql(f'CREATE ROLE "{iam_role}" LOGIN')
+    tls_proxy = RedshiftProxy(pg.host, pg.port, tls=tls).start()
+    try:
+        pg.psql(f'GRANT CREATE ON DATABASE "{db}" TO "{iam_role}"', dbname=db)
+        pg.psql(f'GRANT USAGE ON SCHEMA zetl_shim TO "{iam_role}"', dbname=db)
+        overrides = {"port": tls_proxy.port, "ssl": True, "sslmode": "verify-ca", "iam": True, "user": f"zetl_iam_{suffix}", "password": None, "cluster_identifier": cluster, "region": S3_CREDENTIALS["region"], "aws_endpoint_url": moto_s3}
+        config = RedshiftConfig.model_validate(redshift_target.sink_config(schema="iam_landing", **overrides))
+        t = TableId("shop", "iam_items")
+        with RedshiftSink(config, PluginContext(integration="iam")) as sink:
+            sink.apply(CreateTable(t, Schema.of(t, [Field("id", T.int64), Field("doc", T.json)], ["id"])))
+            sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 1, "doc": {"via": "iam"}}, _pos(1)),), end_position=_pos(1)))
+        owner = redshift_target.query("SELECT tableowner FROM pg_tables WHERE schemaname = 'iam_landing' AND tablename = 'iam_items'")
+        assert owner == [{"tableowner": iam_role}], "the sink logged in as the temporary IAM user"
+        assert redshift_target.query("SELECT id, doc FROM iam_landing.iam_items") == [{"id": 1, "doc": {"via": "iam"}}]
+        wrong = RedshiftConfig.model_validate(redshift_target.sink_config(**{**overrides, "cluster_identifier": f"missing-{suffix}"}))
+        with pytest.raises(SinkError, match=f"missing-{suffix}"):
+            RedshiftSink(wrong, PluginContext(integration="iam")).open()
+    finally:
+        tls_proxy.stop()
+        pg.psql(f'DROP OWNED BY "{iam_role}"', dbname=db)
+        pg.psql(f'DROP ROLE IF EXISTS "{iam_role}"')

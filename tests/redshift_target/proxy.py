@@ -4,7 +4,9 @@ Why it is needed: the driver sends startup parameters Postgres rejects (``client
 ``driver_version``, ...), insists on TLS unless declined, and parses the server version as a
 Redshift one. The proxy, per client connection:
 
-* declines TLS (answers ``N`` to SSLRequest), so the driver must run with ``ssl=False``;
+* declines TLS (answers ``N`` to SSLRequest), so the driver must run with ``ssl=False``; or,
+  given a server ``tls`` context, accepts it (the driver then needs the certificate's CA, e.g.
+  through ``SSL_CERT_FILE``, and ``sslmode: verify-ca``);
 * forwards only standard startup parameters (user, database, application_name, options,
   client_encoding, DateStyle, TimeZone);
 * reports ``server_version`` ``8.0.2`` in ParameterStatus, as Redshift does;
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import struct
 import threading
 from typing import Callable
@@ -61,10 +64,13 @@ class RedshiftProxy:
             from S3 fails with a clear error).
     """
 
-    def __init__(self, upstream_host: str, upstream_port: int, read_s3: Callable[[str, str], bytes] | None = None) -> None:
+    def __init__(
+        self, upstream_host: str, upstream_port: int, read_s3: Callable[[str, str], bytes] | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.read_s3 = read_s3
+        self.tls = tls
         self.host = "127.0.0.1"
         self.port = 0
         self.statements: list[str] = []
@@ -133,6 +139,11 @@ class RedshiftProxy:
                 length = struct.unpack("!i", await client_r.readexactly(4))[0]
                 body = await client_r.readexactly(length - 4)
                 code = struct.unpack("!i", body[:4])[0]
+                if code == SSL_REQUEST and self.tls is not None:
+                    client_w.write(b"S")
+                    await client_w.drain()
+                    await client_w.start_tls(self.tls)
+                    continue
                 if code in (SSL_REQUEST, GSSENC_REQUEST):
                     client_w.write(b"N")
                     await client_w.drain()

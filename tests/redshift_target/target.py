@@ -6,6 +6,8 @@ proxy and read back by tests directly over psycopg (independent of the sink and 
 
 from __future__ import annotations
 
+import ssl
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +27,20 @@ def install_shim(pg: PostgresServer, database: str) -> None:
     """Install the shim in ``database`` and put it on the search path of new sessions."""
     pg.psql(SHIM_SQL.read_text(), dbname=database)
     pg.psql(f'ALTER DATABASE "{database}" SET search_path = "$user", public, zetl_shim', dbname=database)
+
+
+def self_signed_tls(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context with a new self-signed certificate for 127.0.0.1, and the
+    certificate's path (clients trust it as their CA)."""
+    cert, key = directory / "proxy-cert.pem", directory / "proxy-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context, cert
 
 
 def s3_reader(endpoint_url: str) -> Callable[[str, str], bytes]:
