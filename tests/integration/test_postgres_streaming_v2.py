@@ -16,6 +16,7 @@ import pytest
 
 from zetl.events import Batch, ChangeEvent, Op, Position
 from zetl.plugin import PluginContext
+from zetl.schema.changes import AddColumn
 from zetl.tables import TableSelection
 from zetl.testing.servers import PostgresServer
 from zetl_connectors.postgres import PostgresConfig, PostgresSource
@@ -226,3 +227,23 @@ def test_protocol_1_when_streaming_is_off(small_memory_server: PostgresServer, d
         assert source._stream is not None and not source._stream.streaming
     assert ids(events) == [*range(1, BIG + 1), -1]
     assert streamed_txns(sql, database) == 0, "protocol 1 does not stream in-progress transactions"
+
+
+def test_column_added_inside_a_streamed_transaction(small_memory_server: PostgresServer, database: str, sql: Sql, tmp_path: Path) -> None:
+    start = create_slot(small_memory_server, database, tmp_path)
+    with make_source(small_memory_server, database, tmp_path) as source:
+        sql("BEGIN")
+        sql(insert_rows(1, 2000))
+        sql("ALTER TABLE items ADD COLUMN extra int")
+        sql("INSERT INTO items SELECT g, 'q', g * 2 FROM generate_series(2001, 4000) g")
+        sql("COMMIT")
+        sql("INSERT INTO items VALUES (-1, 'marker', 7)")
+        events, batches = drain(source, start, lambda ev, _b: -1 in ids(ev), timeout=60)
+        assert wait_streamed(sql, database, 0) >= 1
+    assert ids(events) == [*range(1, 4001), -1]
+    added = [(b, c) for b in batches for c in b.schema_changes if isinstance(c, AddColumn)]
+    assert [c.field.name for _b, c in added] == ["extra"]
+    batch, _change = added[0]
+    assert any(e.after["id"] == 1 for e in batch.iter_events()), "the change leads the batch of the transaction that made it"
+    rows = {e.after["id"]: e.after for e in events}
+    assert rows[1]["extra"] is None and rows[2001]["extra"] == 4002 and rows[-1]["extra"] == 7
