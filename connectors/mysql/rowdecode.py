@@ -32,6 +32,7 @@ __all__ = ["RowDecoder"]
 Reader = Callable[[bytes, int], tuple[Any, int]]
 Converter = Callable[[Any], Any]
 ImageFn = Callable[[bytes, int], tuple[dict[str, Any], int]]
+RowsFn = Callable[[bytes, int, int], list[dict[str, Any]]]
 _UTC = dt.UTC
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 
@@ -299,27 +300,35 @@ class _TableRows:
     by index in tuples, so nothing from the server ever becomes code.
     """
 
-    __slots__ = ("_columns", "_converted", "_readers", "image", "names")
+    __slots__ = ("_columns", "_converted", "_readers", "image", "names", "rows")
 
     def __init__(self, names: tuple[str, ...], columns: list[Any], readers: list[Reader]) -> None:
         self.names = names
         self._columns = list(columns)
         self._readers = tuple(readers)
         # generated images that also convert values, by the identity of their converters
-        self._converted: dict[tuple[int, ...], tuple[tuple[Converter | None, ...], ImageFn]] = {}
-        self.image: ImageFn = self._generate((None,) * len(names))
+        self._converted: dict[tuple[int, ...], tuple[tuple[Converter | None, ...], ImageFn, RowsFn]] = {}
+        # image(b, o) -> (row, next offset); rows(b, o, end) -> the rows of b[o:end] (same code in a loop)
+        self.image, self.rows = self._generate((None,) * len(names))
 
     def converting(self, converters: tuple[Converter | None, ...]) -> ImageFn:
         """The image function that also applies ``converters[i]`` to every non-NULL value of
         column ``i`` (generated once per set of converter objects)."""
+        return self._converting(converters)[1]
+
+    def converting_rows(self, converters: tuple[Converter | None, ...]) -> RowsFn:
+        """Like ``converting`` for all the rows of ``b[o:end]`` in one call (a list)."""
+        return self._converting(converters)[2]
+
+    def _converting(self, converters: tuple[Converter | None, ...]) -> tuple[tuple[Converter | None, ...], ImageFn, RowsFn]:
         key = tuple(map(id, converters))
         cached = self._converted.get(key)
         if cached is None:
             # the converters are kept with their ids so that an id is never reused meanwhile
-            cached = self._converted[key] = (converters, self._generate(converters))
-        return cached[1]
+            cached = self._converted[key] = (converters, *self._generate(converters))
+        return cached
 
-    def _generate(self, converters: tuple[Converter | None, ...]) -> ImageFn:
+    def _generate(self, converters: tuple[Converter | None, ...]) -> tuple[ImageFn, RowsFn]:
         names, columns, readers = self.names, self._columns, self._readers
         nbytes = (len(names) + 7) // 8
         structs: list[Any] = []
@@ -441,8 +450,21 @@ class _TableRows:
         lines.append("    return row, o")
         namespace: dict[str, Any] = {"R": tuple(readers), "S": tuple(structs), "E": tuple(encodings), "DT": dt.datetime, "D": Decimal, "C": converters, "J": tuple(shortcuts)}
         namespace.update({f"N{i}": name for i, name in enumerate(names)})  # names are values, never code
-        exec(compile("\n".join(lines), "<zetl row image>", "exec"), namespace)  # noqa: S102 - generated from integers only
-        return namespace["image"]  # type: ignore[no-any-return]
+        # The same code in a loop over the rows of a row event: no call and no tuple per row.
+        loop = ["def rows(b, o, end):", "    out = []", "    append = out.append", "    while o < end:"]
+        for line in lines[1:]:
+            stripped = line.lstrip()
+            pad = "    " + line[: len(line) - len(stripped)]
+            if stripped.startswith("return {"):
+                loop += [pad + "append(" + stripped[len("return ") : -len(", o")] + ")", pad + "continue"]
+            elif stripped == "return row, o":
+                loop.append(pad + "append(row)")
+            else:
+                loop.append("    " + line)
+        loop.append("    return out")
+        code = "\n".join(lines) + "\n\n\n" + "\n".join(loop)
+        exec(compile(code, "<zetl row image>", "exec"), namespace)  # noqa: S102 - generated from integers only
+        return namespace["image"], namespace["rows"]
 
 
 class RowDecoder:
@@ -491,7 +513,7 @@ class RowDecoder:
         decoder = self._usable(event, update)
         if decoder is None:
             return None
-        return self._read(event, update, decoder.image)
+        return self._read(event, update, decoder.image, decoder.rows)
 
     def converted_rows(self, event: Any, update: bool, names: AbstractSet[str], converters: Mapping[str, Converter]) -> list[Any] | None:
         """Like ``rows`` with ``converters[name]`` applied to every non-NULL value of column
@@ -500,7 +522,8 @@ class RowDecoder:
         decoder = self._usable(event, update)
         if decoder is None or not names.issuperset(decoder.names) or len(names) != len(decoder.names):
             return None
-        return self._read(event, update, decoder.converting(tuple(converters.get(n) for n in decoder.names)))
+        _, image, rows = decoder._converting(tuple(converters.get(n) for n in decoder.names))
+        return self._read(event, update, image, rows)
 
     def _usable(self, event: Any, update: bool) -> _TableRows | None:
         """The decoder for the event, None when the library has to decode it."""
@@ -515,18 +538,14 @@ class RowDecoder:
         return decoder
 
     @staticmethod
-    def _read(event: Any, update: bool, image: ImageFn) -> list[Any]:
+    def _read(event: Any, update: bool, image: ImageFn, rows: RowsFn) -> list[Any]:
         data = event.packet.read(event.event_size - event.packet.read_bytes)
+        if not update:
+            return rows(data, 0, len(data))
         out: list[Any] = []
         o, end = 0, len(data)
-        if update:
-            while o < end:
-                before, o = image(data, o)
-                after, o = image(data, o)
-                out.append((before, after))
-        else:
-            append = out.append
-            while o < end:
-                row, o = image(data, o)
-                append(row)
+        while o < end:
+            before, o = image(data, o)
+            after, o = image(data, o)
+            out.append((before, after))
         return out

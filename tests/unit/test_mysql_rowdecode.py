@@ -208,3 +208,19 @@ def test_json_of_a_column_that_is_not_utf8_is_decoded_to_text_first() -> None:
     data = bytes([0]) + struct.pack("<i", 1) + struct.pack("<H", 9) + b'{"s":"\xe9"}'
     row, end = rows(data, 0)
     assert end == len(data) and row == {"id": 1, "doc": {"s": "é"}}
+
+
+def test_rows_of_an_event_in_one_call_equal_the_image_row_by_row() -> None:
+    from zetl_connectors.mysql.convert import _json_text_to_python
+
+    with_null = b"\x02\xfc" + _padded_row(b"")[:4] + _padded_row(b"")[12:]
+    data = _padded_row(b"\x00\xfc") + with_null + _padded_row(b"\x00\xfc", "0.10") + with_null
+    rows = decoder(_PADDED_COLUMNS)
+    converters = (None,) * 7 + (_json_text_to_python,) + (None,) * 2
+    for image, all_rows in ((rows.image, rows.rows), (rows.converting(converters), rows.converting_rows(converters))):
+        one_by_one, o = [], 0
+        while o < len(data):
+            row, o = image(data, o)
+            one_by_one.append(row)
+        assert len(one_by_one) == 4 and all_rows(data, 0, len(data)) == one_by_one
+        assert all_rows(data, len(data), len(data)) == []
