@@ -9,6 +9,11 @@ Guarantees:
       Redshift TRUNCATE would commit the transaction early).
     * json/list/struct land in SUPER columns, queryable by key.
     * Identifiers are always quoted, folded and shortened deterministically (see ``identifiers``).
+    * Opened read only (``zetl drift``), the sink runs no DDL and writes nothing (``write`` and
+      ``apply`` refuse); a missing schema or ``_zetl_*`` table means nothing is stored yet, so a
+      user with only SELECT/USAGE can inspect.
+    * Columns added to a target table by hand are reported by ``current_schema`` (nullable) and
+      never written by zetl; only a schema change that drops them (policy ``evolve``) removes them.
 
 The driver (redshift-connector) and boto3 are imported only when the sink opens.
 """

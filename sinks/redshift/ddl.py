@@ -23,7 +23,7 @@ from zetl.schema.changes import (
     TruncateTable,
 )
 from zetl.schema.planner import can_widen
-from zetl.schema.types import TypeKind
+from zetl.schema.types import Field, TypeKind
 from zetl.sink import SinkCapabilities
 
 from . import sql
@@ -45,6 +45,7 @@ class SchemaChangeMixin:
     schema_name: str
     _conn: Any
     _layouts: dict[TableId, TableLayout | None]
+    _unmanaged: dict[TableId, tuple[Field, ...]]
 
     # Provided by the sink class this is mixed into:
     _layout: Callable[[TableId], TableLayout | None]
@@ -157,6 +158,13 @@ class SchemaChangeMixin:
         elif isinstance(change, DropColumn):
             column = layout.get(change.column)
             if column is None:
+                unmanaged = self._unmanaged.get(table, ())
+                if any(f.name == change.column for f in unmanaged):
+                    # A column added by hand that the policy removes (evolve): its Redshift name
+                    # is its name; zetl's layout and metadata do not change.
+                    self._execute(sql.drop_column(layout, change.column))
+                    self._conn.commit()
+                    self._unmanaged[table] = tuple(f for f in unmanaged if f.name != change.column)
                 return
             if column.primary_key:
                 raise SchemaError(f"cannot drop primary-key column {change.column} of {table} in Redshift", table=str(table), column=change.column)

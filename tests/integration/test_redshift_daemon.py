@@ -357,3 +357,18 @@ def test_drift_changes_nothing_in_redshift_before_and_after_a_run(
     assert table.only_in_target == ["legacy_flag"] and table.only_in_source == []
     assert report.exit_code == 1, report.to_json()
     assert _objects(redshift_target) == drifted
+
+    # A sink opened read only refuses to write or change the schema, whatever calls it.
+    from zetl.events import Batch, ChangeEvent, SequencePosition, TableId
+    from zetl.schema.changes import DropColumn
+
+    inspector = RedshiftSink(RedshiftConfig.model_validate(redshift_target.sink_config(schema="analytics")), PluginContext(integration="rs-drift", read_only=True))
+    with inspector:
+        assert inspector.stored_position() is not None
+        items = TableId("demo", "items")
+        with pytest.raises(SinkError, match="opened read only"):
+            inspector.apply(DropColumn(items, "legacy_flag"))
+        with pytest.raises(SinkError, match="opened read only"):
+            inspector.write(Batch(events=(ChangeEvent.delete(items, {"id": 1}, SequencePosition("stream", 10**6)),), end_position=SequencePosition("stream", 10**6)))
+    assert _objects(redshift_target) == drifted
+    assert redshift_target.query("SELECT count(*) AS n FROM analytics.items") == rows

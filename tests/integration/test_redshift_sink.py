@@ -543,3 +543,25 @@ def test_iam_authentication_with_temporary_credentials_from_the_redshift_api(
         tls_proxy.stop()
         pg.psql(f'DROP OWNED BY "{iam_role}"', dbname=db)
         pg.psql(f'DROP ROLE IF EXISTS "{iam_role}"')
+
+
+def test_columns_added_by_hand_are_reported_never_written_and_dropped_only_when_asked(redshift_target: RedshiftTarget) -> None:
+    t = TableId("shop", "curated")
+    schema = Schema.of(t, [Field("id", T.int64), Field("name", T.string())], ["id"])
+    with make_factory(redshift_target)() as sink:
+        sink.apply(CreateTable(t, schema))
+        sink.write(Batch(events=(ChangeEvent.insert(t, {"id": 1, "name": "a"}, _pos(1)),), end_position=_pos(1)))
+    redshift_target.pg.psql("ALTER TABLE public.curated ADD COLUMN reviewed boolean; UPDATE public.curated SET reviewed = true", dbname=redshift_target.database)
+    with make_factory(redshift_target)() as sink:
+        got = sink.current_schema(t)
+        assert got is not None and [(f.name, f.type, f.nullable) for f in got.fields] == [("id", T.int64, False), ("name", T.string(), True), ("reviewed", T.boolean, True)]
+        # zetl's writes leave the column alone: an update keeps it, an insert leaves it NULL.
+        sink.write(Batch(events=(ChangeEvent.update(t, {"id": 1, "name": "a"}, {"id": 1, "name": "b"}, _pos(2)), ChangeEvent.insert(t, {"id": 2, "name": "c"}, _pos(3))), end_position=_pos(3)))
+        assert redshift_target.query("SELECT id, name, reviewed FROM public.curated ORDER BY id") == [
+            {"id": 1, "name": "b", "reviewed": True},
+            {"id": 2, "name": "c", "reviewed": None},
+        ]
+        sink.apply(DropColumn(t, "reviewed"))  # a policy that makes the target follow the source
+        got = sink.current_schema(t)
+        assert got is not None and got.names == ("id", "name")
+    assert [r["column_name"] for r in redshift_target.query("SELECT column_name FROM information_schema.columns WHERE table_name = 'curated' ORDER BY ordinal_position")] == ["id", "name"]
