@@ -80,6 +80,8 @@ class PrefetchBuffer:
         except OSError as exc:
             with cond:
                 self._error = exc
+        except ValueError:
+            pass  # the file was closed under the thread (a join that timed out): the end of the stream
         finally:
             with cond:
                 self._ended = True

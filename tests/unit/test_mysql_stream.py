@@ -465,3 +465,22 @@ def test_prefetch_thread_ends_when_the_socket_is_shut_down() -> None:
     finally:
         ours.close()
         peer.close()
+
+
+def test_prefetch_from_a_closed_file_is_the_end_of_the_stream() -> None:
+    import socket
+
+    from zetl_connectors.mysql.prefetch import PrefetchBuffer
+
+    ours, peer = socket.socketpair()
+    try:
+        rfile = ours.makefile("rb")
+        rfile.close()
+        buffer = PrefetchBuffer(rfile.read1)
+        buffer.start()
+        assert buffer.read(4) == b""  # a short read: PyMySQL reports the connection lost
+        buffer.close()
+        assert not buffer.running
+    finally:
+        ours.close()
+        peer.close()
