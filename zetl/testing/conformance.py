@@ -371,9 +371,10 @@ class SourceConformance:
                 now = time.monotonic()
                 gaps.append(now - last)
                 last = now
-                if now - started > 4:
+                if now - started > 5:
                     break
-        assert max(gaps[1:] or [0]) <= 2.5, f"an idle source must yield at least every second or so; gaps: {gaps}"
+        # the contract is about a second; the margin absorbs a busy machine's scheduling delays
+        assert len(gaps) >= 3 and max(gaps[1:]) <= 3.5, f"an idle source must yield at least every second or so; gaps: {gaps}"
 
     def test_close_stops_reading(self, source_factory: Callable[[], Source], source_driver: SourceDriver) -> None:
         source_driver.create()
