@@ -32,11 +32,9 @@ from zetl.schema.changes import (
     CHANGE_KINDS,
     CreateTable,
     DropColumn,
-    DropTable,
     MakeColumnNullable,
     RenameColumn,
     SchemaChange,
-    TruncateTable,
 )
 from zetl.schema.planner import apply_change
 from zetl.schema.types import DataType, Field, Schema, T
