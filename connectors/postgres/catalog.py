@@ -7,7 +7,7 @@ Driver errors are turned into zetl errors that say what is wrong and what to do.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable
 
 from zetl.errors import SourceConnectionError, SourceError
@@ -17,6 +17,7 @@ from zetl.schema.types import DataType, Field, Schema
 
 from .config import PostgresConfig
 from .decoding import SESSION_SETTINGS
+from .renames import CatalogColumn
 from .typemap import ARRAY_ELEMENTS, BUILTIN_TYPES, PgType, canonical_type
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ class TableInfo:
     replica_identity: str  # d default, f full, i index, n nothing
     estimated_rows: int
     pg_types: dict[str, str]  # column -> format_type text
+    attnums: dict[str, int] = field(default_factory=dict)  # column -> pg_attribute.attnum (kept across renames)
 
 
 class OnlyTables:
@@ -212,12 +214,14 @@ class Catalog:
             return []
         oids = [oid for oid, *_ in selected]
         columns: dict[int, list[tuple[Any, ...]]] = {}
-        for relid, name, typid, typmod, notnull, fmt in self._query(
-            "SELECT attrelid, attname, atttypid, atttypmod, attnotnull, format_type(atttypid, atttypmod) FROM pg_attribute "
+        attnums: dict[int, dict[str, int]] = {}
+        for relid, name, typid, typmod, notnull, fmt, attnum in self._query(
+            "SELECT attrelid, attname, atttypid, atttypmod, attnotnull, format_type(atttypid, atttypmod), attnum FROM pg_attribute "
             "WHERE attrelid = ANY(%s) AND attnum > 0 AND NOT attisdropped ORDER BY attrelid, attnum",
             (oids,),
         ):
             columns.setdefault(relid, []).append((name, typid, typmod, notnull, fmt))
+            attnums.setdefault(relid, {})[name] = attnum
         keys: dict[int, list[str]] = {}
         for relid, name in self._query(
             "SELECT i.indrelid, a.attname FROM pg_index i CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
@@ -234,8 +238,20 @@ class Catalog:
             ]
             schema = Schema.of(table, fields, keys.get(oid, ()))
             pg_types = {name: fmt for name, _t, _m, _n, fmt in columns.get(oid, [])}
-            result.append(TableInfo(table, oid, schema, ident, int(est), pg_types))
+            result.append(TableInfo(table, oid, schema, ident, int(est), pg_types, attnums.get(oid, {})))
         return result
+
+    def columns_now(self, oid: int) -> dict[int, CatalogColumn] | None:
+        """The ``pg_attribute`` rows of relation ``oid`` as they are now, dropped columns
+        included, by ``attnum`` (None: no such relation)."""
+        rows = self._query(
+            "SELECT a.attnum, a.attname, a.atttypid, a.attisdropped, a.attgenerated <> '' FROM pg_class c "
+            "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 WHERE c.oid = %s ORDER BY a.attnum",
+            (oid,),
+        )
+        if not rows:
+            return None
+        return {int(n): CatalogColumn(int(n), name, int(typid), bool(dropped), bool(generated)) for n, name, typid, dropped, generated in rows if n is not None}
 
     @staticmethod
     def lacks_identity(table: TableInfo) -> bool:

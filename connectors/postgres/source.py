@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generator, Iterator
 
 from zetl.errors import NeedsAttentionError, SourceConnectionError, SourceError
 from zetl.events import Batch, Op, Position, RowChunk, TableId
-from zetl.schema.changes import CreateTable
+from zetl.schema.changes import CreateTable, SchemaChange
 from zetl.schema.types import Schema
 from zetl.source import Source
 
 from .catalog import Catalog, OnlyTables, TableInfo, connect, driver_error
+from .columnstate import ColumnState, TableShape, renames_since, shape_of
 from .config import PostgresConfig, default_slot_name
 from .position import PostgresPosition, format_lsn
+from .renames import CatalogColumn, renamed_schema, with_renames
 from .snapshot import ChunkReader
 from .stream import ReplicationStream
 
@@ -111,6 +113,13 @@ class PostgresSource(Source[PostgresConfig]):
         self._next_discovery = 0.0
         self._without_identity: set[TableId] = set()  # found by the last search, not publishable
         self._joining: tuple[str, ...] = ()
+        # renamed columns (see ``renames``): renames found at start, and the shapes waiting for
+        # the sink to make them durable before they are written to the column state
+        self._columns: ColumnState | None = None
+        self._renamed_while_stopped: list[SchemaChange] = []
+        self._as_saved: dict[TableId, Schema] = {}
+        self._shapes_pending: list[tuple[tuple[int, int, int], dict[TableId, TableShape]]] = []
+        self._shapes_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -136,9 +145,41 @@ class PostgresSource(Source[PostgresConfig]):
                 # publication must then join it with a copy of its rows (read() decides).
                 fresh = self._catalog.slot(self.slot_name) is None
                 self._catalog.ensure_publication(self.publication_name, self._tables, add_missing=fresh)
+            self._find_renamed_while_stopped()
+
+    def _find_renamed_while_stopped(self) -> None:
+        """Compare the column state with the catalog: a column whose ``attnum`` has another name
+        now was renamed while zetl was stopped. ``discover`` then describes the table with the
+        old names (what the sink holds) and ``read`` reports the renames first."""
+        self._columns = ColumnState(self.context.state_dir, self.slot_name).load()
+        self._renamed_while_stopped = []
+        self._as_saved = {}
+        with self._shapes_lock:
+            self._shapes_pending = []
+        for info in self._tables:
+            saved = self._columns.get(info.table, info.oid)
+            if saved is None:
+                continue
+            pairs = renames_since(saved, info.attnums)
+            if pairs is None:
+                self.log.warning(
+                    "table %s: columns swapped names while zetl was stopped; they are reported as dropped and added", info.table
+                )
+                continue
+            if not pairs:
+                continue
+            for old, new in pairs:
+                self.log.info("table %s: column %s was renamed to %s while zetl was stopped", info.table, old, new)
+            self._renamed_while_stopped.extend(with_renames(info.table, pairs))
+            self._as_saved[info.table] = renamed_schema(info.schema, [(new, old) for old, new in reversed(pairs)])
 
     def discover(self) -> list[Schema]:
-        return [t.schema for t in self._tables]
+        """The selected tables' schemas. A table with columns renamed while zetl was stopped is
+        described with their old names, the renames coming first in ``read`` (an inspection
+        sees the catalog as it is)."""
+        if self.context.read_only:
+            return [t.schema for t in self._tables]
+        return [self._as_saved.get(t.table, t.schema) for t in self._tables]
 
     def close(self) -> None:
         """Stop reading and release connections; safe from another thread than ``read``.
@@ -178,6 +219,7 @@ class PostgresSource(Source[PostgresConfig]):
             return
         announced: set[TableId] = set()
         catalog = self._catalog
+        yield from self._report_renamed_while_stopped(start)
         if start is None or start.in_snapshot:
             with self._catalog_lock:
                 catalog.ensure_publication(self.publication_name, self._tables)
@@ -223,6 +265,43 @@ class PostgresSource(Source[PostgresConfig]):
             yield from self._discover(announced)
         yield from self._stream_from(start.lsn, announced)
 
+    def _report_renamed_while_stopped(self, start: PostgresPosition | None) -> Iterator[Batch]:
+        """The renames found at start, before anything else; the column state records the
+        catalog's shapes once the sink made a later position durable."""
+        shapes = {t.table: (t.oid, shape_of(t.schema.names, t.attnums)) for t in self._tables}
+        self._remember_shapes(start.sort_key() if start is not None else (-1, 0, 0), shapes)
+        if self._renamed_while_stopped:
+            changes, self._renamed_while_stopped = tuple(self._renamed_while_stopped), []
+            self._as_saved = {}
+            yield Batch(schema_changes=changes)
+
+    def _remember_shapes(self, key: tuple[int, int, int], shapes: dict[TableId, TableShape]) -> None:
+        with self._shapes_lock:
+            self._shapes_pending.append((key, shapes))
+
+    def _save_shapes(self, position: PostgresPosition) -> None:
+        """Write the shapes of every batch up to ``position`` (durable in the sink) to the column state."""
+        columns = self._columns
+        if columns is None:
+            return
+        key = position.sort_key()
+        with self._shapes_lock:
+            due = [shapes for k, shapes in self._shapes_pending if k <= key]
+            if not due:
+                return
+            self._shapes_pending = [(k, shapes) for k, shapes in self._shapes_pending if k > key]
+            for shapes in due:
+                columns.update(shapes)
+            try:
+                columns.save()
+            except OSError as exc:
+                self.log.warning("cannot write the Postgres column state %s: %s", columns.path, exc)
+
+    def _columns_now(self, oid: int) -> dict[int, CatalogColumn] | None:
+        assert self._catalog is not None
+        with self._catalog_lock:
+            return self._catalog.columns_now(oid)
+
     def _open_stream(self) -> ReplicationStream:
         assert self._catalog is not None
         if self._stream is not None:
@@ -238,6 +317,8 @@ class PostgresSource(Source[PostgresConfig]):
             self._catalog.data_type,
             self.log,
             spill_dir=self.context.state_dir,
+            attnums={t.table: dict(t.attnums) for t in self._tables},
+            columns_now=self._columns_now,
         )
         return self._stream
 
@@ -258,6 +339,12 @@ class PostgresSource(Source[PostgresConfig]):
                 self._position = str(end)
                 if isinstance(end, PostgresPosition) and end.lsn > self._stream_lsn:
                     self._stream_lsn = end.lsn
+            if batch.schema_changes and isinstance(end, PostgresPosition):
+                tables = {c.table for c in batch.schema_changes}
+                self._remember_shapes(
+                    end.sort_key(),
+                    {t: (stream.oids[t], shape_of(stream.schemas[t].names, stream.attnums.get(t, {}))) for t in tables if t in stream.oids},
+                )
             yield batch
             self._maintenance()
             if self.config.table_discovery_interval > 0 and time.monotonic() >= self._next_discovery:
@@ -529,6 +616,8 @@ class PostgresSource(Source[PostgresConfig]):
             self._tables = [t for t in self._tables if t.table != table] + [info]
             if self._stream is not None:
                 self._stream.schemas[table] = info.schema  # its first Relation message is no schema change
+                self._stream.attnums[table] = dict(info.attnums)
+            self._remember_shapes((1, lsn, self._step + 1), {table: (info.oid, shape_of(info.schema.names, info.attnums))})
             announced.add(table)
             # always: the target may hold an older table of that name (dropped, then created again)
             lead: tuple[Any, ...] = (CreateTable(table, info.schema),)
@@ -556,7 +645,10 @@ class PostgresSource(Source[PostgresConfig]):
 
     # -- acknowledgements and status -------------------------------------------------------
     def ack(self, position: Position) -> None:
-        if not isinstance(position, PostgresPosition) or position.in_snapshot:
+        if not isinstance(position, PostgresPosition):
+            return
+        self._save_shapes(position)
+        if position.in_snapshot:
             return
         with self._ack_changed:
             if self._acked is None or position > self._acked:

@@ -32,18 +32,19 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from zetl.errors import SourceConnectionError, SourceError
 from zetl.events import UNCHANGED, Batch, ChangeEvent, Op, TableId
 from zetl.plugin import TableSelector
-from zetl.schema.changes import AddColumn, CreateTable, DropColumn, SchemaChange
+from zetl.schema.changes import AddColumn, CreateTable, DropColumn, RenameColumn, SchemaChange
 from zetl.schema.types import DataType, Schema
 
 from .catalog import driver_error, quote_ident
 from .config import PostgresConfig
 from .pgoutput import _PG_EPOCH_US, RelationDecoder, decode_relation, diff_schema, pg_time, relation_schema
 from .position import PostgresPosition, format_lsn, parse_lsn
+from .renames import CatalogColumn, match_columns, renamed_schema, with_renames
 from . import streamed as streamed_buffer
 from .streamed import StreamedTransaction
 
@@ -97,6 +98,8 @@ class ReplicationStream:
         *,
         spill_dir: Path | None = None,
         spill_bytes: int | None = None,
+        attnums: dict[TableId, dict[str, int]] | None = None,
+        columns_now: Callable[[int], dict[int, CatalogColumn] | None] | None = None,
     ) -> None:
         self.conn = conn
         self.pgconn = conn.pgconn
@@ -106,6 +109,11 @@ class ReplicationStream:
         self.selector = selector
         self.schemas = schemas
         self.data_type = data_type
+        # column -> attnum of each known schema (a column missing: not known for certain), and
+        # the catalog lookup that tells a rename from a drop + add (see ``renames``)
+        self.attnums: dict[TableId, dict[str, int]] = attnums if attnums is not None else {}
+        self.columns_now = columns_now
+        self.oids: dict[TableId, int] = {}  # relation OID of each selected table a Relation message described
         self.log = logger or logging.getLogger("zetl.postgres")
         self.io_lock = threading.Lock()
         self.closed = False
@@ -232,13 +240,38 @@ class ReplicationStream:
         oid, table, _identity, columns = decode_relation(buf)
         selected = self.selector.matches(table)
         known = self.schemas.get(table)
+        renames: list[SchemaChange] = []
+        if selected and known is not None and tuple(c.name for c in columns) != known.names:
+            pairs = self._renames(oid, known, columns)
+            if pairs:
+                renames = with_renames(table, pairs)
+                known = renamed_schema(known, pairs)
         schema = relation_schema(table, columns, self.data_type, known)
-        changes = diff_schema(known, schema) if selected else []
+        changes = renames + diff_schema(known, schema) if selected else []
         if selected:
             self.schemas[table] = schema
+            self.oids[table] = oid
         decoder = RelationDecoder(table, schema, selected)
         self.relations[oid] = decoder
         return decoder, changes
+
+    def _renames(self, oid: int, known: Schema, columns: list[Any]) -> list[tuple[str, str]]:
+        """The renames that turn ``known`` into the columns of a Relation message (in an order
+        they can be applied); updates the table's attnums. Empty when the catalog cannot tell
+        for certain: the change is then reported by names (drop + add), with a log line."""
+        table = known.table
+        attnums = self.attnums.get(table, {})
+        catalog = self.columns_now(oid) if self.columns_now is not None else None
+        match = match_columns([(n, attnums.get(n)) for n in known.names], [(c.name, c.type_oid) for c in columns], catalog)
+        self.attnums[table] = {c.name: a for c, a in zip(columns, match.attnums) if a is not None}
+        if match.ambiguous is not None and set(known.names) - {c.name for c in columns} and {c.name for c in columns} - set(known.names):
+            self.log.warning(
+                "table %s: cannot tell renamed columns from dropped and added ones (%s); reporting them as dropped and added",
+                table, match.ambiguous,
+            )
+        for old, new in match.renames:
+            self.log.info("table %s: column %s was renamed to %s", table, old, new)
+        return list(match.renames)
 
     def _replay(self, streamed: StreamedTransaction, position: PostgresPosition, commit_ts: Any, xid: int, skip: bool) -> tuple[list[ChangeEvent], list[SchemaChange]]:
         """The events and schema changes of a committed streamed transaction, in the order of its
@@ -554,15 +587,30 @@ def _truncate_events(buf: bytes, relations: dict[int, RelationDecoder], position
 def _reshape_before_changes(txn: list[ChangeEvent], changes: list[SchemaChange], schemas: dict[TableId, Schema]) -> list[ChangeEvent]:
     """Rows of a transaction written before an ALTER TABLE in the same transaction get the new shape:
     added columns are None (what the server stores for them), dropped columns are removed."""
-    touched = {c.table for c in changes if isinstance(c, (AddColumn, DropColumn))}
+    touched = {c.table for c in changes if isinstance(c, (AddColumn, DropColumn, RenameColumn))}
     if not touched:
         return txn
+    renamed: dict[TableId, list[tuple[str, str]]] = {}
+    for c in changes:
+        if isinstance(c, RenameColumn):
+            renamed.setdefault(c.table, []).append((c.old_name, c.new_name))
     out = []
     for e in txn:
         if e.table in touched and e.after is not None:
             names = schemas[e.table].names
             if set(e.after) != set(names):
-                after = {n: e.after.get(n) for n in names}
-                e = ChangeEvent(e.table, e.op, e.before, after, e.position, e.commit_ts, e.txid)
+                # written before the renames: its columns carry the old names
+                pairs = renamed.get(e.table, ())
+                after = _rename_keys(e.after, pairs)
+                before = _rename_keys(e.before, pairs) if e.before is not None else None
+                e = ChangeEvent(e.table, e.op, before, {n: after.get(n) for n in names}, e.position, e.commit_ts, e.txid)
         out.append(e)
     return out
+
+
+def _rename_keys(row: dict[str, Any], renames: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """``row`` with each (old, new) rename applied in order."""
+    for old, new in renames:
+        if old in row and new not in row:
+            row = {new if k == old else k: v for k, v in row.items()}
+    return row
