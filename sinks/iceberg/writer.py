@@ -85,6 +85,8 @@ def _check_required(data: pa.Table, iceberg_table: Any, table: str) -> None:
 def _commit(iceberg_table: Any, data: pa.Table, schema: pa.Schema, replaced: list[Any], properties: Mapping[str, str], table: str) -> Any:
     """One snapshot: ``replaced`` files out, ``data`` (rows in the table's Arrow ``schema``) in.
     Returns the table as committed."""
+    # pyiceberg has no public API to write data files for a commit that also removes files;
+    # this helper is what its own overwrite uses, hence the pin to one minor version in setup.cfg
     from pyiceberg.io.pyarrow import _dataframe_to_data_files
 
     metadata = iceberg_table.metadata
