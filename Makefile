@@ -46,10 +46,10 @@ demo: install ## Replicate a demo Postgres shop into Iceberg while it changes, t
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq; \
 		if apt-cache show postgresql-15 >/dev/null 2>&1; then pg=postgresql-15; else pg=postgresql; fi; echo "installing: $$pg"; \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$pg >/dev/null; }
-	$(PY) scripts/demo.py
+	$(PY) -m zetl.demo
 
-bench: system-packages install ## Benchmarks against raw ceilings (~5 min; BENCH_WORKLOADS=postgres,mariadb,...): bench/results/, BENCHMARKS.md
-	$(PY) bench/run.py $(BENCH_ARGS)
+bench: system-packages install ## Benchmarks against raw ceilings (~5 min; BENCH_WORKLOADS=postgres,mariadb,...): tests/bench/results/, BENCHMARKS.md
+	$(PY) tests/bench/run.py $(BENCH_ARGS)
 
 validate-configs: install ## Validate every integration in configs/
 	$(VENV)/bin/zetl validate configs/

@@ -1,4 +1,4 @@
-"""`make demo` (scripts/demo.py) runs end to end: Postgres -> Iceberg while the source changes."""
+"""`make demo` (zetl/demo.py) runs end to end: Postgres -> Iceberg while the source changes."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 def test_demo_script_replicates_and_stops_everything(tmp_path: Path) -> None:
     env = {**os.environ, "ZETL_DEMO_ROOT": str(tmp_path)}
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")], env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "zetl.demo"], env=env, capture_output=True, text=True, timeout=120)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert "initial snapshot: Iceberg equals Postgres" in out

@@ -1,4 +1,4 @@
-"""Iceberg sink write paths, measured without a source: `python bench/iceberg_writes.py [rows]`.
+"""Iceberg sink write paths, measured without a source: `python tests/bench/iceberg_writes.py [rows]`.
 
 A table of ``rows`` keys (default 500k) is loaded as snapshot chunks, then one commit each of:
 new keys (append path), updates of random keys (copy-on-write of the files holding them),

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Run benchmark workloads, keep each run's figures, print them as a table.
 
-    python bench/run.py [--workloads postgres,mariadb] [--list] [-- extra args for the workloads]
+    python tests/bench/run.py [--workloads postgres,mariadb] [--list] [-- extra args for the workloads]
 
-Each workload is ``bench/<name>.py`` run as its own process with ``--json <file>`` (so a crash or
+Each workload is ``tests/bench/<name>.py`` run as its own process with ``--json <file>`` (so a crash or
 a leak in one does not disturb the others). The merged result goes to
-``bench/results/<YYYY-MM-DD_HHMM>_<machine>.json``: date, command, machine, and per workload its
+``tests/bench/results/<YYYY-MM-DD_HHMM>_<machine>.json``: date, command, machine, and per workload its
 JSON (figures with their ceilings and ratios). Exit status 1 when a workload failed.
 
-Add a workload: create ``bench/<name>.py`` taking ``--json PATH`` and list it in ``WORKLOADS``.
+Add a workload: create ``tests/bench/<name>.py`` taking ``--json PATH`` and list it in ``WORKLOADS``.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default=os.environ.get("BENCH_WORKLOADS", ",".join(DEFAULT)), help=f"comma-separated, from: {', '.join(WORKLOADS)}")
     ap.add_argument("--list", action="store_true", help="list the workloads and exit")
-    ap.add_argument("--out", type=Path, default=None, help="result file (default bench/results/<date>_<machine>.json)")
+    ap.add_argument("--out", type=Path, default=None, help="result file (default tests/bench/results/<date>_<machine>.json)")
     ap.add_argument("extra", nargs="*", help="arguments passed to every workload (after --)")
     a = ap.parse_args()
     if a.list:
@@ -100,7 +100,7 @@ def main() -> int:
         print(f"unknown workload(s): {', '.join(unknown)}; present: {', '.join(p.stem for p in sorted(BENCH.glob('*.py')) if p.stem in WORKLOADS)}", file=sys.stderr)
         return 2
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    result: dict[str, Any] = {"date": started, "command": " ".join(["python bench/run.py", *sys.argv[1:]]), "machine": machine(), "workloads": {}}
+    result: dict[str, Any] = {"date": started, "command": " ".join(["python tests/bench/run.py", *sys.argv[1:]]), "machine": machine(), "workloads": {}}
     failed = False
     for name in names:
         print(f"=== {name}: {WORKLOADS.get(name, '')}", flush=True)

@@ -1,6 +1,6 @@
 """MariaDB workloads of the peer baseline, for zetl's MySQL source.
 
-    python bench/mariadb.py [--rows 500000] [--stream-rows 200000] [--txn-rows 1000] [--json out.json]
+    python tests/bench/mariadb.py [--rows 500000] [--stream-rows 200000] [--txn-rows 1000] [--json out.json]
 
 Starts a private MariaDB (loopback, own datadir), loads the baseline's table ``t`` (10 columns:
 int, bigint, decimal, text, varchar, datetime(6), boolean, json, int, text), and measures in the
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Figure

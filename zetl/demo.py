@@ -1,4 +1,4 @@
-"""`make demo`: a Postgres shop replicated into Apache Iceberg while it changes, read back with DuckDB.
+"""`make demo` (``python -m zetl.demo``): a Postgres shop replicated into Apache Iceberg while it changes, read back with DuckDB.
 
 Steps: start a private Postgres (its own directory and port; stopped at the end), create
 customers / orders (jsonb) / order_items with data, write configs/demo.yaml, run `zetl run` on it
@@ -20,8 +20,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-# ZETL_DEMO_ROOT puts configs/demo.yaml and demo/ elsewhere (the test of the demo uses a temp dir).
-ROOT = Path(os.environ.get("ZETL_DEMO_ROOT") or Path(__file__).resolve().parent.parent).resolve()
+# configs/demo.yaml and demo/ are written under the current directory (`make demo` runs in the
+# repository), or under ZETL_DEMO_ROOT (the test of the demo uses a temp dir).
+ROOT = Path(os.environ.get("ZETL_DEMO_ROOT") or Path.cwd()).resolve()
 CONFIG = ROOT / "configs" / "demo.yaml"
 DEMO_DIR = ROOT / "demo"
 INTEGRATION = "shop-to-iceberg"
@@ -29,7 +30,7 @@ DATABASE = "shop"
 TABLES = ("customers", "orders", "order_items")
 
 CONFIG_TEXT = f"""\
-# Demo integration written by `make demo` (scripts/demo.py): a Postgres shop replicated into Apache
+# Demo integration written by `make demo` (zetl/demo.py): a Postgres shop replicated into Apache
 # Iceberg tables. The demo starts a private Postgres and exports ZETL_DEMO_PG_PORT; without it this
 # file points at a local server on 5432 with a database called shop.
 # The sink uses the embedded catalog (SQLite + local warehouse) under the state directory:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Postgres source workloads (the peer baseline's, see shared/peers/README.md), with raw ceilings.
 
-    python bench/postgres.py [--rows 500000] [--stream-rows 200000] [--txn-rows 1000] [--latency-commits 50] [--json out.json]
+    python tests/bench/postgres.py [--rows 500000] [--stream-rows 200000] [--txn-rows 1000] [--latency-commits 50] [--json out.json]
 
 Starts a private Postgres (loopback, own data dir, removed at the end), loads table ``t`` with the
 baseline's 10 mixed-type columns and measures, in the same run:
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import CountingSink, Figure, cpu_seconds, timed_command  # noqa: E402

@@ -1,8 +1,8 @@
 """Shared pieces of the benchmark workloads: timers, CPU accounting, figures and a counting sink.
 
-A workload module (``bench/<name>.py``) runs standalone (``python bench/<name>.py --json out.json``)
-and writes one JSON object. ``bench/run.py`` runs the workloads, merges their JSON into
-``bench/results/<date>_<machine>.json`` and prints a table. To be printed as a table row, a figure
+A workload module (``tests/bench/<name>.py``) runs standalone (``python tests/bench/<name>.py --json out.json``)
+and writes one JSON object. ``tests/bench/run.py`` runs the workloads, merges their JSON into
+``tests/bench/results/<date>_<machine>.json`` and prints a table. To be printed as a table row, a figure
 goes in the workload's ``"figures"`` list as ``Figure(...).to_json()``; other keys are kept as-is.
 """
 

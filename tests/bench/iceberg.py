@@ -1,10 +1,10 @@
 """Postgres -> Iceberg workloads of the peer baseline, end to end through zetl's runner.
 
-    python bench/iceberg.py [--rows 500000] [--stream-rows 200000] [--txn-rows 1000]
+    python tests/bench/iceberg.py [--rows 500000] [--stream-rows 200000] [--txn-rows 1000]
                             [--latency-commits 50] [--commit-intervals 1s,200ms] [--repeat 1]
                             [--json out.json]
 
-(``make bench BENCH_WORKLOADS=iceberg`` runs it through ``bench/run.py``.)
+(``make bench BENCH_WORKLOADS=iceberg`` runs it through ``tests/bench/run.py``.)
 
 Starts a private Postgres (loopback, own directory), loads the baseline's table ``t`` (10 columns:
 int, bigint, numeric(12,2), text, varchar(32), timestamp, boolean, jsonb, int, text) and measures
@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Figure  # noqa: E402
