@@ -257,7 +257,7 @@ class PostgresSource(Source[PostgresConfig]):
             yield from self._snapshot(start, None, announced)
         else:
             self._stream_lsn = start.lsn
-            self._step = start.step
+            self._step = max(self._step, start.step)  # above the renames' position, if any
             if start.joining:
                 self.log.info("resuming the copy of joining table(s) at %s; the stream then replays from %s", start, format_lsn(start.lsn))
                 yield from self._copy_joining(start, announced)
@@ -267,13 +267,22 @@ class PostgresSource(Source[PostgresConfig]):
 
     def _report_renamed_while_stopped(self, start: PostgresPosition | None) -> Iterator[Batch]:
         """The renames found at start, before anything else; the column state records the
-        catalog's shapes once the sink made a later position durable."""
+        catalog's shapes once the sink made a later position durable.
+
+        Resuming the stream, the renames' batch ends at a position that resumes exactly as
+        ``start`` does but orders after it, so the sink's checkpoint (and the column state with
+        it) moves past the renames at once: a restart right after does not report them again.
+        """
         shapes = {t.table: (t.oid, shape_of(t.schema.names, t.attnums)) for t in self._tables}
-        self._remember_shapes(start.sort_key() if start is not None else (-1, 0, 0), shapes)
+        end: PostgresPosition | None = None
+        if start is not None and not start.in_snapshot and not start.joining and self._renamed_while_stopped:
+            self._step = start.step + 1
+            end = PostgresPosition("stream", start.lsn, step=self._step)
+        self._remember_shapes(end.sort_key() if end is not None else start.sort_key() if start is not None else (-1, 0, 0), shapes)
         if self._renamed_while_stopped:
             changes, self._renamed_while_stopped = tuple(self._renamed_while_stopped), []
             self._as_saved = {}
-            yield Batch(schema_changes=changes)
+            yield Batch(schema_changes=changes, end_position=end)
 
     def _remember_shapes(self, key: tuple[int, int, int], shapes: dict[TableId, TableShape]) -> None:
         with self._shapes_lock:

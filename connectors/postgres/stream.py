@@ -586,7 +586,8 @@ def _truncate_events(buf: bytes, relations: dict[int, RelationDecoder], position
 
 def _reshape_before_changes(txn: list[ChangeEvent], changes: list[SchemaChange], schemas: dict[TableId, Schema]) -> list[ChangeEvent]:
     """Rows of a transaction written before an ALTER TABLE in the same transaction get the new shape:
-    added columns are None (what the server stores for them), dropped columns are removed."""
+    renamed columns take their new names, added columns are None (what the server stores for
+    them), dropped columns are removed."""
     touched = {c.table for c in changes if isinstance(c, (AddColumn, DropColumn, RenameColumn))}
     if not touched:
         return txn

@@ -169,10 +169,16 @@ def test_rename_while_stopped_is_reported_first_at_restart(pg_server: PostgresSe
     try:
         assert [s.names for s in source.discover()] == [("id", "b")]
         reader = Reader(source, checkpoint)
+        reader.until(lambda b: True)
+        # its batch resumes where the checkpoint does, yet moves it on (acknowledged at once)
+        renamed_at = reader.last
+        assert renamed_at is not None and renamed_at.lsn == checkpoint.lsn and renamed_at > checkpoint
         assert reader.row(4) == {"id": 4, "c": "four"}
         assert reader.changes == [RenameColumn(ITEMS, "b", "c")]
     finally:
         source.close()
+    state = ColumnState(tmp_path, source.slot_name).load()
+    assert sorted(state.tables[str(ITEMS)][1].values()) == ["c", "id"]
 
 
 def _integration(tmp_path: Path, server: PostgresServer, database: str) -> Integration:
