@@ -129,3 +129,18 @@ def test_merge_batches_keeps_order_and_last_position() -> None:
     merged = merge_batches([b1, b2, b3])
     assert [e.after["id"] for e in merged.events] == [1, 2]  # type: ignore[index]
     assert merged.end_position == SequencePosition("stream", 2)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [(5, 5.0), ("250ms", 0.25), ("5s", 5.0), ("2m", 120.0), ("1.5h", 5400.0), ("1d", 86400.0)])
+def test_durations_in_every_unit(text: object, seconds: float) -> None:
+    from zetl.config.types import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "-1", "5 weeks", True])
+def test_durations_refused(text: object) -> None:
+    from zetl.config.types import parse_duration
+
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)

@@ -9,12 +9,12 @@ from pydantic import BeforeValidator
 
 __all__ = ["Duration", "parse_duration"]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_duration(value: Any) -> float:
-    """``5`` or ``"5s"`` -> 5.0 seconds; ``"250ms"``, ``"2m"``, ``"1h"`` likewise."""
+    """``5`` or ``"5s"`` -> 5.0 seconds; ``"250ms"``, ``"2m"``, ``"1h"``, ``"1d"`` likewise."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 5s, 250ms or 2m")
     if isinstance(value, (int, float)):
@@ -29,4 +29,4 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-"""Seconds; YAML may say ``5``, ``"5s"``, ``"250ms"``, ``"2m"`` or ``"1h"``."""
+"""Seconds; YAML may say ``5``, ``"5s"``, ``"250ms"``, ``"2m"``, ``"1h"`` or ``"1d"``."""
