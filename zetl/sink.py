@@ -100,6 +100,16 @@ class Sink(ABC, Generic[C]):
         """The position stored with the data (only when ``capabilities.stores_checkpoint``)."""
         return None
 
+    def managed_tables(self) -> list[TableId] | None:
+        """The source tables this integration has created (and written) in the target, in source
+        terms, sorted; None when the sink cannot tell (the default, so custom sinks keep working).
+
+        Read only: it creates nothing, also on a sink opened with ``context.read_only``. Used by
+        ``zetl drift`` to find tables that exist only in the target (dropped in the source,
+        renamed away or no longer selected).
+        """
+        return None
+
     def status(self) -> dict[str, Any]:
         """Extra figures for ``zetl status``."""
         return {}

@@ -696,6 +696,18 @@ class IcebergSink(Sink[IcebergConfig]):
             if iceberg_table.metadata.properties.get(INTEGRATION_KEY) == self.context.integration:
                 yield ".".join(identifier), iceberg_table
 
+    def managed_tables(self) -> list[TableId] | None:
+        """The source tables of the Iceberg tables in the namespace that carry this integration's
+        property (sorted; tables created by other integrations or by hand are left out)."""
+        found: set[TableId] = set()
+        for name, iceberg_table in self._integration_tables():
+            source = iceberg_table.metadata.properties.get(SOURCE_TABLE_PROPERTY)
+            if source:
+                found.add(TableId.parse(source))
+            else:
+                self.context.logger.debug("Iceberg table %s has no %s property; left out of the managed tables", name, SOURCE_TABLE_PROPERTY)
+        return sorted(found)
+
     def stored_position(self) -> Position | None:
         marks = {name: read_mark(t, name, self.context.integration) for name, t in self._integration_tables()}
         return resume_position(marks)

@@ -276,6 +276,30 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         extra = tuple(f for f in self._unmanaged.get(table, ()) if f.name not in taken)
         return Schema(schema.table, schema.fields + extra, schema.primary_key) if extra else schema
 
+    def managed_tables(self) -> list[TableId] | None:
+        """The source tables whose layout zetl keeps in the target schema's ``_zetl_tables`` and
+        whose Redshift table still exists (sorted). Read only: without ``_zetl_tables`` (nothing
+        created yet, or a read-only open before any run) there are none."""
+        if not self._has_metadata:
+            return []
+        from .identifiers import quote
+
+        try:
+            stored = self._fetchall(f'SELECT "target_table", "layout" FROM {quote(self.schema_name)}.{quote(sql.METADATA_TABLE)}')
+            existing = {row[0] for row in self._fetchall("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (self.schema_name,))}
+            self._conn.commit()
+        except Exception as exc:
+            self._rollback()
+            raise map_driver_error(exc, action="listing the tables zetl manages", table=f"{self.schema_name}.{sql.METADATA_TABLE}") from exc
+        found: set[TableId] = set()
+        for target, layout_json in stored:
+            if target not in existing:
+                continue
+            table = TableLayout.from_json(layout_json, self.schema_name, target).table
+            if self.target_table_name(table) == target:  # else another table_name template made it
+                found.add(table)
+        return sorted(found)
+
     # -- checkpoints ----------------------------------------------------------------------
     def stored_position(self) -> Position | None:
         if not self._has_checkpoints:  # read only, before any run: nothing stored yet

@@ -61,10 +61,10 @@ def test_drift_exit_codes_and_json(tmp_path: Path) -> None:
     code, output = drift(config, "--format", "json")
     assert code == 0, output
     report = orjson.loads(output)
-    assert set(report) == {"integration", "status", "exit_code", "fail_on", "error", "summary", "tables"}
-    assert report["status"] == "in_sync" and report["summary"] == {"tables": 1, "in_sync": 1, "drift": 0, "rejected": 0}
+    assert set(report) == {"integration", "status", "exit_code", "fail_on", "error", "summary", "tables", "target_only"}
+    assert report["status"] == "in_sync" and report["summary"] == {"tables": 1, "in_sync": 1, "drift": 0, "rejected": 0, "target_only": 0}
     table = report["tables"][0]
-    assert set(table) == {"table", "status", "target_exists", "only_in_source", "only_in_target", "type_differences", "routed", "steps"}
+    assert set(table) == {"table", "status", "source_exists", "target_exists", "only_in_source", "only_in_target", "type_differences", "routed", "steps"}
 
     # A column added by hand in the target: lenient keeps it, but the daemon has not decided it yet.
     edit_target(tmp_path, lambda s: s.replace_fields([*s.fields, Field("by_hand", T.string())]))
@@ -151,3 +151,31 @@ def test_drift_creates_nothing_in_the_source(pg_server, pg_database, tmp_path: P
     assert pg_server.psql("SELECT count(*) FROM pg_publication", pg_database) == "0"
     assert pg_server.psql(f"SELECT count(*) FROM pg_replication_slots WHERE database = '{pg_database}'") == "0"
     assert not (tmp_path / "t.db").exists(), "drift creates nothing in the target either"
+
+
+def test_drift_lists_tables_only_in_the_target(tmp_path: Path) -> None:
+    from zetl.schema.changes import CreateTable
+    from zetl.schema.types import Schema
+
+    config = write_config(tmp_path, name="drift-gone")
+    assert IntegrationRunner(load_integration(config)).run() is State.STOPPED
+    # A table the integration wrote earlier whose source table is gone now.
+    gone = TableId("demo", "gone")
+    sink = FileSink(FileSinkConfig(path=str(tmp_path / "target.db")))
+    sink.open()
+    try:
+        sink.apply(CreateTable(gone, Schema.of(gone, [Field("id", T.int64), Field("v", T.string())], ["id"])))
+        assert sink.managed_tables() == [gone, ITEMS]
+    finally:
+        sink.close()
+    code, output = drift(config)
+    assert code == 1, output
+    assert "demo.gone  (only in the target)" in output and "drop table demo.gone" in output and "keep" in output, output
+    assert "1 only in the target" in output, output
+    code, output = drift(config, "--format", "json")
+    report = orjson.loads(output)
+    assert code == 1 and report["summary"]["target_only"] == 1 and report["summary"]["tables"] == 1, output
+    [entry] = report["target_only"]
+    assert (entry["table"], entry["status"], entry["daemon_would"], entry["recorded"], entry["only_in_target"]) == (
+        "demo.gone", "drift", "keep", False, ["id", "v"]
+    ), entry

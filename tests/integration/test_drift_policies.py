@@ -19,9 +19,9 @@ from zetl.filters.apply import mask_hash
 from zetl.pipeline import SchemaHistory
 from zetl.runner import IntegrationRunner
 from zetl.schema.planner import apply_change
-from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, DropColumn, RenameColumn, SchemaChange
+from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, DropColumn, DropTable, RenameColumn, SchemaChange
 from zetl.schema.types import Field, Schema, T
-from zetl.sink import SinkCapabilities, SinkConfig
+from zetl.sink import Sink, SinkCapabilities, SinkConfig
 from zetl.source import Source, SourceConfig
 from zetl.statedb import StateDB
 from zetl.status import State
@@ -325,3 +325,88 @@ def test_lenient_routes_snapshot_chunks_to_the_new_column(tmp_path: Path) -> Non
         1: {"id": 1, "price": None, "price__string": "12.5", "legacy": None},
         2: {"id": 2, "price": None, "price__string": None, "legacy": None},
     }
+
+
+# -- tables dropped in the source: target-only tables in `zetl drift` ---------------------------
+GONE = TableId("shop", "gone")
+
+
+def drop_table_script(key: str) -> None:
+    gone = Schema.of(GONE, [Field("id", T.int64), Field("v", T.string())], ["id"])
+    ScriptSource.scripts[key] = (
+        [BEFORE, gone],
+        [
+            Batch(schema_changes=(CreateTable(TABLE, BEFORE), CreateTable(GONE, gone)), end_position=pos(1)),
+            Batch(events=(ChangeEvent.insert(GONE, {"id": 1, "v": "x"}, pos(2)),), end_position=pos(2)),
+            Batch(schema_changes=(DropTable(GONE),), end_position=pos(3)),
+        ],
+    )
+    ScriptSource.current.pop(key, None)
+
+
+@pytest.mark.parametrize(
+    "behavior, exclude, in_target, daemon_would, recorded, exit_code",
+    [
+        ("lenient", [], True, "keep", True, 0),  # kept on purpose and recorded: in sync
+        ("try_evolve", [], True, "keep", True, 0),  # this sink cannot drop tables: kept, recorded
+        ("evolve", [], False, None, None, 0),  # dropped by the daemon: nothing left in the target
+        ("evolve", ["drop.table"], True, "skip", True, 2),  # the policy refuses to decide: rejected
+    ],
+)
+def test_tables_dropped_in_the_source_are_reported(
+    tmp_path: Path, behavior: str, exclude: list[str], in_target: bool, daemon_would: str | None, recorded: bool | None, exit_code: int
+) -> None:
+    key = f"drop-{behavior}-{len(exclude)}"
+    drop_table_script(key)
+    SharedSink.stores[key] = {}
+    cannot = ["drop.table"] if behavior == "try_evolve" else []
+    it = make_integration(tmp_path, key, key, key, cannot, schema_evolution={"behavior": behavior, "exclude": exclude})
+    runner = IntegrationRunner(it)
+    assert runner.run() is State.STOPPED, runner.status.last_error
+    assert (GONE in SharedSink.stores[key]) is in_target
+    report = drift_report(it)
+    data = report.to_json()
+    assert report.exit_code == exit_code and data["summary"]["target_only"] == int(in_target), data
+    assert [t["table"] for t in data["tables"]] == ["shop.items"]
+    if not in_target:
+        assert data["target_only"] == []
+        return
+    [entry] = data["target_only"]
+    assert (entry["table"], entry["source_exists"], entry["target_exists"], entry["daemon_would"], entry["recorded"]) == (
+        "shop.gone", False, True, daemon_would, recorded
+    ), entry
+    assert [(s["kind"], s["classification"]) for s in entry["steps"]] == [("drop.table", "breaking")]
+
+    # The same target seen by a report whose policy differs from the daemon's: nothing recorded
+    # for that decision, so the policy's answer counts as drift (1) or a refusal (2).
+    strict = make_integration(tmp_path, key, key, key, cannot, schema_evolution={"behavior": "fail"})
+    report = drift_report(strict)
+    [table] = report.target_only or []
+    assert (table.daemon_would, table.recorded, report.exit_code) == ("fail", False, 2), report.to_json()
+
+
+class BareSink(MemorySink):
+    """A custom sink written before ``managed_tables`` existed: it keeps the contract's default."""
+
+    name = "bare"
+
+    managed_tables = Sink.managed_tables  # the contract's default: cannot tell
+
+
+def test_sinks_that_cannot_list_their_tables_are_reported_as_such(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from zetl.drift import render_table
+
+    ScriptSource.scripts["bare"] = ([BEFORE], [])
+    config = IntegrationConfig.model_validate(
+        {"name": "bare", "source": {"type": "script"}, "sink": {"type": "bare"}, "checkpoint": {"path": str(tmp_path / "state.db")}}
+    )
+    it = Integration(config, tmp_path / "bare.yaml", ScriptSource, ScriptConfig(script="bare"), BareSink, None)
+    report = drift_report(it)
+    assert report.error is None and report.target_only is None and report.to_json()["target_only"] is None
+    assert report.to_json()["summary"]["target_only"] is None
+    assert report.exit_code == 1  # shop.items is not in the target yet: the daemon would create it
+    console = Console(record=True, width=200)
+    render_table(report, console)
+    assert "target-only tables: not known for sink bare" in console.export_text()

@@ -292,6 +292,10 @@ class MemorySink(Sink[_MemoryConfig]):
         store = self.tables.get(table)
         return store.schema if store else None
 
+    def managed_tables(self) -> list[TableId] | None:
+        """Every table this sink holds (all were created through ``apply``), sorted."""
+        return sorted(self.tables)
+
     def apply(self, change: SchemaChange) -> None:
         self.applied.append(change)
         store = self.tables.get(change.table)
@@ -390,6 +394,10 @@ class FileSink(Sink[FileSinkConfig]):
         data = orjson.loads(row[0])
         fields = [Field(f["name"], DataType.parse(f["type"]), f["nullable"]) for f in data["fields"]]
         return Schema.of(table, fields, data["primary_key"])
+
+    def managed_tables(self) -> list[TableId] | None:
+        """Every table whose schema the file holds, sorted."""
+        return sorted(TableId.parse(row[0]) for row in self._db().execute("SELECT tbl FROM schemas"))
 
     def _save_schema(self, schema: Schema) -> None:
         data = {"fields": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema.fields], "primary_key": list(schema.primary_key)}
