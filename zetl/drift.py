@@ -6,8 +6,10 @@ planner with the integration's policy. It never applies anything.
 
 Tables that exist only in the target (``Sink.managed_tables``: created by this integration, but
 dropped in the source, renamed away or no longer selected) are planned as a ``drop.table``: the
-policy keeps them (lenient, try_evolve on a sink that cannot drop, ...), drops them (evolve) or
-refuses (fail, ignore, an excluded kind); they count for the exit code like any other table.
+policy keeps them (lenient, try_evolve on a sink that cannot drop, ...), drops them (evolve, on
+a sink that can drop tables; evolve on one that cannot, such as Iceberg, fails) or refuses (fail,
+ignore, an excluded kind); they count for the exit code like any other table, while the
+``summary`` counts ``in_sync``/``drift``/``rejected`` stay those of ``tables``.
 A sink that cannot list its tables (``managed_tables`` returns None) is reported as such.
 
 Exit codes (``DriftReport.exit_code``):
