@@ -53,7 +53,7 @@ import orjson
 from zetl.errors import SchemaError, SinkConnectionError, SinkError
 from zetl.events import Batch, ChangeEvent, Op, Position, RowChunk, TableId
 from zetl.plugin import PluginContext, require
-from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, DropColumn, MakeColumnNullable, RenameColumn, SchemaChange
+from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, DropColumn, DropTable, MakeColumnNullable, RenameColumn, SchemaChange
 from zetl.schema.types import DataType, Field, Schema, TypeKind
 from zetl.sink import Sink, SinkCapabilities
 
@@ -84,7 +84,7 @@ class IcebergSink(Sink[IcebergConfig]):
     name = "iceberg"
     config_class = IcebergConfig
     capabilities = SinkCapabilities(
-        schema_changes=frozenset({"create.table", "add.column", "alter.column.type", "alter.column.nullability", "drop.column", "rename.column"}),
+        schema_changes=frozenset({"create.table", "drop.table", "add.column", "alter.column.type", "alter.column.nullability", "drop.column", "rename.column"}),
         stores_checkpoint=True,
         nested_types=True,
         identifier_case="preserve",
@@ -269,6 +269,8 @@ class IcebergSink(Sink[IcebergConfig]):
             return schema is None or change.column not in schema.primary_key
         if isinstance(change, (DropColumn, RenameColumn)):
             return self._column_change_problem(change) is None
+        if isinstance(change, DropTable):
+            return True
         return False
 
     def _column_change_problem(self, change: DropColumn | RenameColumn) -> str | None:
@@ -342,6 +344,8 @@ class IcebergSink(Sink[IcebergConfig]):
                 self._make_nullable(change)
             elif isinstance(change, (DropColumn, RenameColumn)):
                 self._drop_or_rename(change)
+            elif isinstance(change, DropTable):
+                self._drop_table(change)
             else:
                 column = getattr(change, "column", None) or getattr(change, "old_name", None)
                 raise SchemaError(
@@ -352,6 +356,22 @@ class IcebergSink(Sink[IcebergConfig]):
                 )
         finally:
             self._tables.pop(change.table, None)
+
+    def _drop_table(self, change: DropTable) -> None:
+        """Remove the table from the catalog (idempotent: a table already gone is fine).
+
+        Only the catalog entry goes: the data and metadata files stay in the warehouse, so a drop
+        the user did not mean can be undone by registering the last metadata file again
+        (``register_table``); delete them with the warehouse's own tools once sure."""
+        from pyiceberg.exceptions import NoSuchTableError
+
+        self._buffers.pop(change.table, None)
+        identifier = self.table_identifier(change.table)
+        try:
+            self._require_open().drop_table(identifier)
+        except NoSuchTableError:
+            return
+        self.context.logger.warning("dropped Iceberg table %s (its files stay in the warehouse)", ".".join(identifier))
 
     def _create(self, schema: Schema) -> None:
         from pyiceberg.schema import Schema as IcebergSchema

@@ -103,9 +103,9 @@ def test_postgres_table_dropped_while_replicated_to_iceberg(tmp_path: Path, pg_s
     expected = {
         # lenient never drops; the daemon did not see the drop, so it is not recorded yet: drift.
         "lenient": ("keep", "skip", 1),
-        # Iceberg cannot drop tables: try_evolve keeps it, evolve stops on it.
-        "try_evolve": ("keep", "skip", 1),
-        "evolve": ("fail", "fail", 2),
+        # the evolving policies make the target follow the source: the table would be dropped
+        "try_evolve": ("drop", "apply", 1),
+        "evolve": ("drop", "apply", 1),
         "fail": ("fail", "fail", 2),
     }
     for behavior, (would, decision, exit_code) in expected.items():

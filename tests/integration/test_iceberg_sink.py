@@ -15,7 +15,7 @@ from zetl.arrow import arrow_schema
 from zetl.errors import SchemaError
 from zetl.events import UNCHANGED, Batch, ChangeEvent, Op, RowChunk, SequencePosition, TableId
 from zetl.plugin import PluginContext
-from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, DropColumn, RenameColumn
+from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, DropColumn, DropTable, RenameColumn
 from zetl.schema.types import Field, Schema, T
 from zetl.testing.conformance import SinkConformance
 from zetl_sinks.iceberg import IcebergConfig, IcebergSink
@@ -437,3 +437,24 @@ def test_dotted_column_names_from_flattening(tmp_path: Path, duck: Any) -> None:
         assert sink.flush(force=True) == _pos(2)
     got = {r["id"]: r for r in _reader(factory, duck)(t)}
     assert got == {1: {"id": 1, "doc.city": "Lyon", "doc.postcode": None}, 2: {"id": 2, "doc.city": "Oslo", "doc.postcode": 150}}
+
+
+def test_drop_table_removes_it_from_the_catalog_and_keeps_its_files(tmp_path: Path, duck: Any) -> None:
+    factory = _make_factory(tmp_path / "state")
+    kept, gone = TableId("shop", "kept"), TableId("shop", "gone")
+    with factory() as sink:
+        for t in (kept, gone):
+            sink.apply(CreateTable(t, Schema.of(t, [Field("id", T.int32), Field("v", T.string())], ["id"])))
+        sink.write(Batch(events=(ChangeEvent.insert(kept, {"id": 1, "v": "a"}, _pos(1)), ChangeEvent.insert(gone, {"id": 1, "v": "b"}, _pos(2))), end_position=_pos(2)))
+        sink.flush(force=True)
+        location = sink._require_open().load_table(sink.table_identifier(gone)).metadata_location
+        # rows buffered for the table when the drop comes are committed first, then the table goes
+        sink.write(Batch(events=(ChangeEvent.insert(gone, {"id": 2, "v": "c"}, _pos(3)),), end_position=_pos(3)))
+        assert sink.can_apply(DropTable(gone))
+        sink.apply(DropTable(gone))
+        sink.apply(DropTable(gone))  # idempotent: a replay after a crash drops nothing more
+        assert sink.current_schema(gone) is None and sink.current_schema(kept) is not None
+        assert sink.managed_tables() == [kept]
+    assert _reader(factory, duck)(kept) == [{"id": 1, "v": "a"}]
+    # the files stay: the last metadata file still reads back (what register_table would restore)
+    assert sorted(r["id"] for r in duck_rows(duck, location)) == [1]
