@@ -37,7 +37,7 @@ from typing import Any, Callable, Protocol
 import pytest
 
 from zetl.events import UNCHANGED, Batch, ChangeEvent, Op, Position, RowChunk, SequencePosition, TableId
-from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, MakeColumnNullable, SchemaChange
+from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, DropTable, MakeColumnNullable, SchemaChange
 from zetl.schema.planner import can_widen
 from zetl.schema.types import Field, Schema, T
 from zetl.sink import Sink
@@ -234,6 +234,25 @@ class SinkConformance:
         rows = self._rows(read_rows, columns)
         assert rows[2] == {c: row.get(c) for c in columns}
         assert rows[1]["id"] == 1 and (("note" not in columns) or rows[1]["note"] is None)
+
+    def test_managed_tables_and_drop_table(self, sink_factory: Callable[[], Sink]) -> None:
+        """``managed_tables`` (what ``zetl drift`` lists as target-only) names the tables this
+        integration wrote, or says it cannot tell (None); a sink declaring ``drop.table`` drops
+        idempotently and stops listing the table."""
+        t = CONFORMANCE_TABLE
+        with sink_factory() as sink:
+            self._create(sink)
+            self._write_durably(sink, Batch(events=(ChangeEvent.insert(t, _row(1), _pos(1)),), end_position=_pos(1)))
+            managed = sink.managed_tables()
+            if managed is not None:
+                assert t in managed, f"managed_tables() must list {t} after writing to it; got {managed}"
+            drop = DropTable(t)
+            if drop.kind in sink.capabilities.schema_changes and sink.can_apply(drop):
+                sink.apply(drop)
+                sink.apply(drop)  # idempotent: a drop replayed after a crash
+                assert sink.current_schema(t) is None, "a dropped table has no schema"
+                after = sink.managed_tables()
+                assert after is None or t not in after, f"managed_tables() still lists the dropped {t}"
 
     def test_close_is_idempotent(self, sink_factory: Callable[[], Sink]) -> None:
         sink = sink_factory()
