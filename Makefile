@@ -48,7 +48,7 @@ demo: install ## Replicate a demo Postgres shop into Iceberg while it changes, t
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$pg >/dev/null; }
 	$(PY) -m zetl.demo
 
-bench: system-packages install ## Benchmarks against raw ceilings (~5 min; BENCH_WORKLOADS=postgres,mariadb,...): tests/bench/results/, BENCHMARKS.md
+bench: system-packages install ## Benchmarks against raw ceilings, every workload (~6 min; BENCH_WORKLOADS=postgres,mariadb,iceberg picks): tests/bench/results/, BENCHMARKS.md
 	$(PY) tests/bench/run.py $(BENCH_ARGS)
 
 validate-configs: install ## Validate every integration in configs/

@@ -33,7 +33,7 @@ WORKLOADS: dict[str, str] = {
     "mariadb": "MariaDB/MySQL source: snapshot and stream backlog",
     "iceberg": "Postgres -> Iceberg end to end",
 }
-DEFAULT = ["postgres"]
+DEFAULT = list(WORKLOADS)  # every workload: `make bench` reports all the peer figures
 
 
 def machine() -> dict[str, Any]:
