@@ -17,6 +17,7 @@ from zetl.schema.types import DataType, Field, Schema
 
 from .config import PostgresConfig
 from .decoding import SESSION_SETTINGS
+from .position import parse_lsn
 from .renames import CatalogColumn
 from .typemap import ARRAY_ELEMENTS, BUILTIN_TYPES, PgType, canonical_type
 
@@ -364,6 +365,50 @@ class Catalog:
         )
         published = self.published_tables(name)
         return [t for t in (TableId(ns, rel) for ns, rel in rows) if t not in published and selector.matches(t)]
+
+    def selected_oids(self, selector: TableSelector) -> dict[TableId, int]:
+        """Name -> OID of the ordinary and partitioned tables (not partitions) the selector accepts now."""
+        rows = self._query(
+            "SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'",
+            None,
+            "looking for dropped tables",
+        )
+        return {t: int(oid) for oid, ns, rel in rows if selector.matches(t := TableId(ns, rel))}
+
+    def wal_insert_lsn(self) -> int:
+        """The WAL insert position now: past the commit record of every transaction visible to a
+        statement that ran before this one (a commit is inserted before it becomes visible, even
+        with ``synchronous_commit = off``, which ``pg_current_wal_lsn`` would not cover)."""
+        (lsn,) = self._query("SELECT pg_current_wal_insert_lsn()::text", None, "reading the WAL position")[0]
+        return parse_lsn(str(lsn))
+
+    def remove_relation(self, publication: str, oid: int) -> TableId | None:
+        """Take relation ``oid`` out of ``publication`` if the publication lists it by name (a table
+        renamed out of the selection); returns its current name, None when it is not listed (a
+        dropped table has left every publication by itself). A publication this user may not
+        change is left as is, with a warning: the source ignores the table's changes anyway."""
+        psycopg = _psycopg()
+        from psycopg import sql
+
+        rows = self._query(
+            "SELECT n.nspname, c.relname FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid "
+            "JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = %s AND r.prrelid = %s",
+            (publication, oid),
+            f"reading publication {publication!r}",
+        )
+        if not rows:
+            return None
+        table = TableId(str(rows[0][0]), str(rows[0][1]))
+        try:
+            self.conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(publication), sql.Identifier(table.namespace, table.name)))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            log.warning("cannot remove %s from publication %s (%s); its changes are ignored", table, publication, str(exc).strip())
+            return None
+        except psycopg.Error as exc:
+            raise driver_error(exc, f"removing {table} from publication {publication!r}", self.config) from None
+        return table
 
     def add_table(self, publication: str, table: TableId, *, lock_timeout: float) -> bool:
         """Add ``table`` to ``publication`` so that no change of it can be missed; False when the

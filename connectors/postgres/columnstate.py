@@ -32,6 +32,7 @@ class ColumnState:
     def __init__(self, directory: Path, slot: str) -> None:
         self.path = directory / f"{FILE_PREFIX}.{slot}.json"
         self.tables: dict[str, TableShape] = {}
+        self.ids: dict[str, TableId] = {}  # str(table) -> the table (its name may hold dots)
 
     def load(self) -> ColumnState:
         try:
@@ -44,8 +45,10 @@ class ColumnState:
                 "column names (a column renamed while zetl was stopped is then seen as dropped and added).",
                 retryable=False,
             ) from None
-        self.tables = {
-            table: (int(entry["oid"]), {int(a): str(n) for a, n in entry["columns"].items()}) for table, entry in data.get("tables", {}).items()
+        entries = data.get("tables", {})
+        self.tables = {table: (int(entry["oid"]), {int(a): str(n) for a, n in entry["columns"].items()}) for table, entry in entries.items()}
+        self.ids = {
+            table: TableId(str(entry["namespace"]), str(entry["name"])) if "name" in entry else TableId.parse(table) for table, entry in entries.items()
         }
         return self
 
@@ -54,12 +57,29 @@ class ColumnState:
         entry = self.tables.get(str(table))
         return entry[1] if entry is not None and entry[0] == oid else None
 
-    def update(self, shapes: dict[TableId, TableShape]) -> None:
-        for table, (oid, shape) in shapes.items():
-            self.tables[str(table)] = (oid, dict(shape))
+    def known(self) -> dict[TableId, int]:
+        """Table -> OID of every table whose shape the sink made durable (and no drop since)."""
+        return {self.ids.get(table) or TableId.parse(table): oid for table, (oid, _shape) in self.tables.items()}
+
+    def update(self, shapes: dict[TableId, TableShape | None]) -> None:
+        """Record each table's shape; None forgets the table (it was reported as dropped)."""
+        for table, entry in shapes.items():
+            if entry is None:
+                self.tables.pop(str(table), None)
+                self.ids.pop(str(table), None)
+            else:
+                oid, shape = entry
+                self.tables[str(table)] = (oid, dict(shape))
+                self.ids[str(table)] = table
 
     def save(self) -> None:
-        data = {t: {"oid": oid, "columns": {str(a): n for a, n in sorted(shape.items())}} for t, (oid, shape) in sorted(self.tables.items())}
+        data = {}
+        for t, (oid, shape) in sorted(self.tables.items()):
+            entry: dict[str, object] = {"oid": oid, "columns": {str(a): n for a, n in sorted(shape.items())}}
+            table = self.ids.get(t)
+            if table is not None:
+                entry.update(namespace=table.namespace, name=table.name)
+            data[t] = entry
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"tables": data}))
         os.replace(tmp, self.path)

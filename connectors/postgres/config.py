@@ -67,8 +67,10 @@ class PostgresConfig(SourceConfig):
     table_discovery_interval: Duration = 10.0
     """How often, while streaming, to look for tables created since (or renamed into) the
     ``tables:`` selection. A table found is added to zetl's publication, created in the target and
-    its existing rows are copied, with no gap before its first streamed change. 0 disables: such
-    tables are then picked up at the next restart."""
+    its existing rows are copied, with no gap before its first streamed change. The same search
+    notices replicated tables that were dropped, renamed out of the selection or excluded: each is
+    reported as ``drop.table`` (kept or dropped in the target as the ``schema_evolution`` policy
+    says) after its last streamed rows. 0 disables: both are then picked up at the next restart."""
 
     iam_auth: bool = False
     """Log in with an RDS IAM token (boto3 ``generate_db_auth_token``) instead of ``password``;

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generator, Iterator
 
 from zetl.errors import NeedsAttentionError, SourceConnectionError, SourceError
 from zetl.events import Batch, Op, Position, RowChunk, TableId
-from zetl.schema.changes import CreateTable, SchemaChange
+from zetl.schema.changes import CreateTable, DropTable, SchemaChange
 from zetl.schema.types import Schema
 from zetl.source import Source
 
 from .catalog import Catalog, OnlyTables, TableInfo, connect, driver_error
 from .columnstate import ColumnState, TableShape, renames_since, shape_of
 from .config import PostgresConfig, default_slot_name
+from .drops import DropWatch, PendingDrop, gone_tables
 from .position import PostgresPosition, format_lsn
 from .renames import CatalogColumn, renamed_schema, with_renames
 from .snapshot import ChunkReader
@@ -79,6 +80,19 @@ class PostgresSource(Source[PostgresConfig]):
     A table the search finds without a primary key and without REPLICA IDENTITY FULL is reported
     with the same error as at start if it is still so at the following search (the usual CREATE
     TABLE then ALTER TABLE ... ADD PRIMARY KEY is not caught half way); it is never added.
+
+    Tables leaving the selection (``drops``): the stream carries no DDL, so the same search
+    compares the tables replicated (by OID) with the catalog. A table dropped, dropped and created
+    again (another OID: a drop, then a new table that joins as above), renamed to a name the
+    selection does not match, or excluded is reported as a ``DropTable`` once the stream has
+    passed the WAL position read right after the catalog showed it gone, so its rows still ahead
+    in the WAL come first (``_hand_out_drops`` states the guarantee). A table renamed away is
+    taken out of the publication; what the source knew of it is forgotten. The column state
+    lists the tables the sink holds: a table in it that is gone at start (dropped while zetl was
+    stopped, or before its drop was checkpointed) is reported the same way, also with
+    ``table_discovery_interval: 0``. Not covered: a publication ``FOR ALL TABLES`` made by hand
+    publishes a table created again under a dropped one's name by itself, so its rows may
+    arrive before the drop is reported.
     """
 
     name: ClassVar[str] = "postgres"
@@ -118,8 +132,14 @@ class PostgresSource(Source[PostgresConfig]):
         self._columns: ColumnState | None = None
         self._renamed_while_stopped: list[SchemaChange] = []
         self._as_saved: dict[TableId, Schema] = {}
-        self._shapes_pending: list[tuple[tuple[int, int, int], dict[TableId, TableShape]]] = []
+        self._shapes_pending: list[tuple[tuple[int, int, int], dict[TableId, TableShape | None]]] = []
         self._shapes_lock = threading.Lock()
+        # tables leaving the selection (see ``drops`` and the class docstring)
+        self._replicated: dict[TableId, int] = {}  # table -> OID of each table replicated (or about to be)
+        self._drops = DropWatch()
+        self._dropped_while_stopped: list[PendingDrop] = []
+        self._held_back: set[TableId] = set()  # created again under a dropped table's name: joins after the drop
+        self._rejoin = False  # a drop was handed out: search for new tables at the next batch
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -146,6 +166,8 @@ class PostgresSource(Source[PostgresConfig]):
                 fresh = self._catalog.slot(self.slot_name) is None
                 self._catalog.ensure_publication(self.publication_name, self._tables, add_missing=fresh)
             self._find_renamed_while_stopped()
+            if not self.context.read_only:
+                self._find_dropped_while_stopped()
 
     def _find_renamed_while_stopped(self) -> None:
         """Compare the column state with the catalog: a column whose ``attnum`` has another name
@@ -173,13 +195,42 @@ class PostgresSource(Source[PostgresConfig]):
             self._renamed_while_stopped.extend(with_renames(info.table, pairs))
             self._as_saved[info.table] = renamed_schema(info.schema, [(new, old) for old, new in reversed(pairs)])
 
+    def _find_dropped_while_stopped(self) -> None:
+        """Compare the tables of the column state (those the sink holds) with the catalog: one
+        gone, or under its name with another OID, or no longer selected, was dropped (or renamed
+        away, or excluded) while zetl was stopped or before its drop was checkpointed. ``read``
+        reports it once the stream passed the WAL position read here (a resumed stream first
+        replays the table's rows still ahead of the checkpoint). A table of that name created
+        again joins after the drop (``_held_back``)."""
+        assert self._catalog is not None and self._columns is not None
+        now = {t.table: t.oid for t in self._tables}
+        known = self._columns.known()
+        gone = gone_tables(known, now)
+        self._held_back = {t for t in gone if t in now}
+        self._replicated = {t: oid for t, oid in now.items() if t not in self._held_back}
+        self._dropped_while_stopped = []
+        if gone:
+            lsn = self._drop_position()
+            self._dropped_while_stopped = [PendingDrop(t, oid, lsn) for t, oid in gone.items()]
+
+    def _drop_position(self) -> int:
+        """The WAL position a drop the catalog just showed waits for (caller holds the catalog
+        connection): the insert position, read after the catalog, so past the commit of every
+        DROP or RENAME it showed. A message written right after it lets the stream pass it
+        even when the database is idle and heartbeats are off."""
+        assert self._catalog is not None
+        lsn = self._catalog.wal_insert_lsn()
+        self._catalog.emit_heartbeat()
+        return lsn
+
     def discover(self) -> list[Schema]:
         """The selected tables' schemas. A table with columns renamed while zetl was stopped is
         described with their old names, the renames coming first in ``read`` (an inspection
-        sees the catalog as it is)."""
+        sees the catalog as it is). A table created again under the name of a dropped one is
+        left out: it is created (and copied) after the drop is reported."""
         if self.context.read_only:
             return [t.schema for t in self._tables]
-        return [self._as_saved.get(t.table, t.schema) for t in self._tables]
+        return [self._as_saved.get(t.table, t.schema) for t in self._tables if t.table not in self._held_back]
 
     def close(self) -> None:
         """Stop reading and release connections; safe from another thread than ``read``.
@@ -220,6 +271,15 @@ class PostgresSource(Source[PostgresConfig]):
         announced: set[TableId] = set()
         catalog = self._catalog
         yield from self._report_renamed_while_stopped(start)
+        if start is not None and not start.in_snapshot:
+            for drop in self._dropped_while_stopped:
+                self.log.info("table %s was dropped, renamed or deselected since the last checkpoint; it is reported as dropped once the stream reaches %s", drop.table, format_lsn(drop.lsn))
+                self._drops.add(drop.table, drop.oid, drop.lsn)
+        else:  # a new snapshot copies every selected table, whatever the target holds
+            self._held_back = set()
+            for info in self._tables:
+                self._replicated.setdefault(info.table, info.oid)
+        self._dropped_while_stopped = []
         if start is None or start.in_snapshot:
             with self._catalog_lock:
                 catalog.ensure_publication(self.publication_name, self._tables)
@@ -273,7 +333,10 @@ class PostgresSource(Source[PostgresConfig]):
         ``start`` does but orders after it, so the sink's checkpoint (and the column state with
         it) moves past the renames at once: a restart right after does not report them again.
         """
-        shapes = {t.table: (t.oid, shape_of(t.schema.names, t.attnums)) for t in self._tables}
+        # a table held back is another relation than the one the sink holds: its shape waits for its join
+        shapes: dict[TableId, TableShape | None] = {
+            t.table: (t.oid, shape_of(t.schema.names, t.attnums)) for t in self._tables if t.table not in self._held_back
+        }
         end: PostgresPosition | None = None
         if start is not None and not start.in_snapshot and not start.joining and self._renamed_while_stopped:
             self._step = start.step + 1
@@ -284,7 +347,7 @@ class PostgresSource(Source[PostgresConfig]):
             self._as_saved = {}
             yield Batch(schema_changes=changes, end_position=end)
 
-    def _remember_shapes(self, key: tuple[int, int, int], shapes: dict[TableId, TableShape]) -> None:
+    def _remember_shapes(self, key: tuple[int, int, int], shapes: dict[TableId, TableShape | None]) -> None:
         with self._shapes_lock:
             self._shapes_pending.append((key, shapes))
 
@@ -322,11 +385,11 @@ class PostgresSource(Source[PostgresConfig]):
             self.slot_name,
             self.publication_name,
             self.context.tables,
-            {t.table: t.schema for t in self._tables},
+            {t.table: t.schema for t in self._tables if t.table not in self._held_back},
             self._catalog.data_type,
             self.log,
             spill_dir=self.context.state_dir,
-            attnums={t.table: dict(t.attnums) for t in self._tables},
+            attnums={t.table: dict(t.attnums) for t in self._tables if t.table not in self._held_back},
             columns_now=self._columns_now,
         )
         return self._stream
@@ -356,8 +419,67 @@ class PostgresSource(Source[PostgresConfig]):
                 )
             yield batch
             self._maintenance()
-            if self.config.table_discovery_interval > 0 and time.monotonic() >= self._next_discovery:
+            if self._drops:
+                yield from self._hand_out_drops(announced)
+            if self._rejoin or (self.config.table_discovery_interval > 0 and time.monotonic() >= self._next_discovery):
+                self._rejoin = False
                 yield from self._discover(announced)
+
+    def _hand_out_drops(self, announced: set[TableId]) -> Iterator[Batch]:
+        """Report the held drops the stream has now passed, in one batch of ``DropTable``.
+
+        Guarantee: every change of a dropped table is handed out before its ``DropTable``. The
+        drop was found by reading the catalog, then the WAL insert position ``lsn``; every
+        transaction that wrote the table (before a DROP, or under the selected name before a
+        RENAME) committed before that read, so its commit record lies before ``lsn``. The stream
+        hands out transactions in commit order and a batch end at or past ``lsn`` only once
+        every commit before it is out; the drop waits for such a batch.
+
+        The batch ends at a position past the last stream position (same LSN, next step):
+        resuming from it skips nothing the stream has not delivered, and the column state forgets
+        the table once the sink made it durable. Before that, a restart finds the table in the
+        column state and reports the drop again (sinks drop idempotently). A table of the same
+        name created again joins only after the drop, through a position made durable first, so a
+        restart never drops the table that came back.
+        """
+        due = self._drops.due(self._stream_lsn)
+        if not due:
+            return
+        assert self._catalog is not None
+        try:
+            with self._catalog_lock:
+                if self._closed.is_set():
+                    return
+                for drop in due:
+                    renamed = self._catalog.remove_relation(self.publication_name, drop.oid)
+                    if renamed is not None:
+                        self.log.info("removed %s (replicated as %s) from publication %s", renamed, drop.table, self.publication_name)
+        except SourceError as exc:
+            if self._closed.is_set():
+                return
+            if not exc.retryable:
+                raise
+            raise SourceConnectionError(f"lost the Postgres connection used to leave dropped tables behind: {exc.message}") from None
+        stream = self._stream
+        forgotten: dict[TableId, TableShape | None] = {}
+        for drop in due:
+            table = drop.table
+            if stream is not None and stream.oids.get(table, drop.oid) == drop.oid:
+                stream.oids.pop(table, None)
+                stream.schemas.pop(table, None)
+                stream.attnums.pop(table, None)
+            self._tables = [t for t in self._tables if not (t.table == table and t.oid == drop.oid)]
+            self._progress.pop(str(table), None)
+            self._held_back.discard(table)
+            announced.discard(table)  # a table created again under this name leads with its CreateTable
+            forgotten[table] = None
+        self._step += 1
+        position = PostgresPosition("stream", self._stream_lsn, step=self._step)
+        self._remember_shapes(position.sort_key(), forgotten)
+        self._position = str(position)
+        self._rejoin = True  # a table of the same name may be waiting to join
+        self.log.info("reporting table(s) %s as dropped", ", ".join(str(d.table) for d in due))
+        yield Batch(schema_changes=tuple(DropTable(d.table) for d in due), end_position=position)
 
     def _wait_for_slot_release(self, timeout: float = 10.0) -> None:
         """A restart can come before the server has noticed that the previous connection is gone."""
@@ -492,6 +614,16 @@ class PostgresSource(Source[PostgresConfig]):
                 if self._closed.is_set():
                     return
                 found = self._catalog.unpublished_tables(self.publication_name, self.context.tables)
+                selected_now = self._catalog.selected_oids(self.context.tables)
+                gone = gone_tables(self._replicated, selected_now)
+                # read after the catalog: past the commit of every drop or rename it showed
+                lsn = self._drop_position() if gone else 0
+                for table, oid in gone.items():
+                    self._drops.add(table, oid, lsn)
+                    del self._replicated[table]
+                    self.log.info("table %s was dropped, renamed or deselected; it is reported as dropped once the stream reaches %s", table, format_lsn(lsn))
+                # a table created again under a dropped one's name joins after the drop
+                found = [t for t in found if not self._drops.holds(t)]
                 infos = self._catalog.tables(OnlyTables(found)) if found else []
         except SourceError as exc:
             if self._closed.is_set():
@@ -623,6 +755,7 @@ class PostgresSource(Source[PostgresConfig]):
                 return ()
             info = described[0]
             self._tables = [t for t in self._tables if t.table != table] + [info]
+            self._replicated[table] = info.oid
             if self._stream is not None:
                 self._stream.schemas[table] = info.schema  # its first Relation message is no schema change
                 self._stream.attnums[table] = dict(info.attnums)
@@ -678,4 +811,7 @@ class PostgresSource(Source[PostgresConfig]):
             data["position"] = self._position
         if self._joining:
             data["joining"] = list(self._joining)
+        dropping = self._drops.tables()
+        if dropping:
+            data["dropping"] = [str(t) for t in dropping]
         return data
