@@ -134,19 +134,21 @@ def test_drop_mid_stream_comes_after_the_rows_written_before_it(pg_server: Postg
     def on_batch(batch: Batch) -> None:
         if not done and streaming(batch):
             done.append("dropped")
-            sql("INSERT INTO gone SELECT g, 'v' FROM generate_series(2, 200) g")
+            for first in range(2, 30_002, 1000):  # more transactions than one batch holds
+                sql("INSERT INTO gone SELECT g, 'v' FROM generate_series(%s::int, %s::int) g", (first, first + 999))
             sql("UPDATE gone SET v = 'last' WHERE id = 1")
             sql("DROP TABLE gone")
             sql("INSERT INTO items VALUES (1)")
 
-    with make_source(pg_server, pg_database, tmp_path) as source:
+    # a search after every batch: it sees the table gone before the stream decoded its last rows
+    with make_source(pg_server, pg_database, tmp_path, interval=0.001) as source:
         batches = drain(source, source.read(None), lambda b: dropped(b, GONE) is not None, on_batch=on_batch)
         assert source.status().get("dropping") is None
         publication = source.publication_name
     at = dropped(batches, GONE)
     assert at is not None and batches[at].schema_changes == (DropTable(GONE),) and not batches[at].events
     streamed = [(i, e) for i, e in events_of(batches, GONE) if e.op.name != "READ"]
-    assert len(streamed) == 200 and all(i < at for i, _ in streamed), "every row written before the drop comes first"
+    assert len(streamed) == 30_001 and all(i < at for i, _ in streamed), "every row written before the drop comes first"
     ends = [b.end_position for b in batches if b.end_position is not None]
     assert all(a <= b for a, b in zip(ends, ends[1:])) and ends[-1] == batches[at].end_position
     assert sql.published(publication) == {"items"}
