@@ -18,22 +18,22 @@ from typing import Any, Callable, Iterator
 import psycopg
 import pytest
 import yaml
+from zetl_connectors.postgres import PostgresConfig, PostgresPosition, PostgresSource
+from zetl_connectors.postgres.columnstate import ColumnState
+from zetl_connectors.postgres.drops import DropWatch, gone_tables
 
 from zetl.config.load import load_integration
 from zetl.drift import drift_report
 from zetl.events import Batch, ChangeEvent, TableId
+from zetl.pipeline import SchemaHistory
 from zetl.plugin import PluginContext
 from zetl.runner import IntegrationRunner
 from zetl.schema.changes import CreateTable, DropTable
-from zetl.pipeline import SchemaHistory
 from zetl.statedb import StateDB
 from zetl.status import State
 from zetl.tables import TableSelection
 from zetl.testing.plugins import FileSink, MemorySink
 from zetl.testing.servers import PostgresServer
-from zetl_connectors.postgres import PostgresConfig, PostgresPosition, PostgresSource
-from zetl_connectors.postgres.columnstate import ColumnState
-from zetl_connectors.postgres.drops import DropWatch, gone_tables
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
