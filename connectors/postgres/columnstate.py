@@ -80,8 +80,13 @@ class ColumnState:
             if table is not None:
                 entry.update(namespace=table.namespace, name=table.name)
             data[t] = entry
+        # written aside, flushed to disk, then renamed: a crash leaves the old file or the new one
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"tables": data}))
+        with open(tmp, "w") as f:
+            f.write(json.dumps({"tables": data}))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
 
