@@ -64,7 +64,8 @@ def make_source(server: PostgresServer, table: str, **settings: Any) -> Any:
     from zetl_connectors.postgres import PostgresConfig, PostgresSource
 
     config = PostgresConfig(host="127.0.0.1", port=server.port, database=DB, user="postgres", **settings)
-    return PostgresSource(config, PluginContext(integration=f"bench_{table}", tables=TableSelection.of([f"public.{table}"])))
+    state_dir = Path(tempfile.mkdtemp(prefix="zetl-bench-state-"))  # never the state of an earlier run
+    return PostgresSource(config, PluginContext(integration=f"bench_{table}", tables=TableSelection.of([f"public.{table}"]), state_dir=state_dir))
 
 
 def insert_workload(server: PostgresServer, table: str, n: int, txn_rows: int, first: int = 1) -> float:

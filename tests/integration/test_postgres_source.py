@@ -30,7 +30,10 @@ ITEMS = TableId("public", "items")
 def make_source(server: PostgresServer, database: str, integration: str | None = None, tables: list[str] | None = None, **settings: Any) -> PostgresSource:
     config = PostgresConfig(host=server.host, port=server.port, database=database, user="postgres", heartbeat_interval=settings.pop("heartbeat_interval", 0.5), **settings)
     # one slot per test database: slot names are cluster-wide
-    context = PluginContext(integration=integration or database, tables=TableSelection.of(tables or []))
+    # state of its own per integration, kept across the restarts of one test
+    state_dir = server.dir / "state" / (integration or database)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    context = PluginContext(integration=integration or database, tables=TableSelection.of(tables or []), state_dir=state_dir)
     return PostgresSource(config, context)
 
 
@@ -494,7 +497,7 @@ def test_publication_follows_the_selection_and_progress_is_reported(pg_server: P
     assert published() == {"a"}
     progress: list[tuple[str, int, int | None]] = []
     config = PostgresConfig(host=pg_server.host, port=pg_server.port, database=pg_database, user="postgres", snapshot_chunk_rows=2)
-    context = PluginContext(integration=pg_database, tables=TableSelection.of(["public.*"]), progress=lambda t, d, n: progress.append((str(t), d, n)))
+    context = PluginContext(integration=pg_database, tables=TableSelection.of(["public.*"]), progress=lambda t, d, n: progress.append((str(t), d, n)), state_dir=pg_server.dir)
     with PostgresSource(config, context) as source:
         assert published() == {"a", "b"}, "the publication is brought in line with the selection"
         drain(source, None, lambda _e, b: any(snapshot_done(x) and x.end_position.tables_done == ("public.a", "public.b") for x in b))  # type: ignore[union-attr]
