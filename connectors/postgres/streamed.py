@@ -27,6 +27,7 @@ SPILL_BYTES = 16 * 1024 * 1024
 
 _FRAME = struct.Struct(">II")  # subtransaction xid, message length
 _XID = struct.Struct(">I").unpack_from
+_DESCRIPTIONS = frozenset(b"RY")  # Relation and Type messages
 
 
 class StreamedTransaction:
@@ -47,6 +48,11 @@ class StreamedTransaction:
     def add(self, message: bytes) -> None:
         """Keep one xid-prefixed message of a stream block (kind byte, xid, body)."""
         (subxid,) = _XID(message, 1)
+        if message[0] in _DESCRIPTIONS:
+            # A table or type description is tagged with the subtransaction of the first change
+            # that needed it, but the server tracks "described" per top-level transaction: it
+            # stays with the transaction even when that subtransaction is rolled back.
+            subxid = self.xid
         body = message[:1] + message[5:]
         self.memory.append((subxid, body))
         self.memory_bytes += len(body) + 16

@@ -7,6 +7,7 @@ Each test checks through ``pg_stat_replication_slots`` that the server really st
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -191,6 +192,39 @@ def test_aborted_large_transaction_and_rolled_back_savepoint(small_memory_server
         events, _ = drain(source, start, lambda ev, _b: -1 in ids(ev), timeout=60)
         assert wait_streamed(sql, database, 1) >= 2, "both large transactions were streamed"
     assert ids(events) == [*range(10_001, 12_001), *range(40_001, 40_006), -1]
+
+
+def test_rolled_back_savepoint_holding_the_first_change_keeps_the_table_description(small_memory_server: PostgresServer, database: str, sql: Sql, tmp_path: Path) -> None:
+    # The server describes a table (Relation message) once per streamed transaction, tagged with
+    # the subtransaction of the first change to it; rolling that subtransaction back must not
+    # take the description with it, or the rows after it cannot be decoded.
+    start = create_slot(small_memory_server, database, tmp_path)
+    result: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            with make_source(small_memory_server, database, tmp_path) as source:
+                result["events"], _ = drain(source, start, lambda ev, _b: -1 in ids(ev), timeout=90)
+        except BaseException as exc:  # reported by the test thread
+            result["error"] = exc
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()  # the source reads while the transaction runs, so its first block is streamed at once
+    sql("BEGIN")
+    sql("ALTER TABLE items ADD COLUMN extra int DEFAULT 7")  # the description changes in this transaction
+    sql("SAVEPOINT first")
+    sql(insert_rows(1, BIG // 2))
+    sql("SELECT pg_switch_wal()")  # hand the WAL to the walsender now, while the savepoint is open
+    wait_streamed(Sql(small_memory_server, database), database, 0)  # streamed before the rollback
+    sql("ROLLBACK TO SAVEPOINT first")
+    sql(insert_rows(50_001, 50_000 + BIG // 2))
+    sql("COMMIT")
+    sql("INSERT INTO items VALUES (-1, 'marker')")
+    reader.join(120)
+    assert not reader.is_alive() and "error" not in result, result.get("error")
+    events = result["events"]
+    assert ids(events) == [*range(50_001, 50_001 + BIG // 2), -1]
+    assert all(e.after["extra"] == 7 for e in events if e.op is Op.INSERT and e.after["id"] > 0), "rows decoded with the new description"
 
 
 def test_restart_while_a_transaction_is_streamed_yields_it_exactly_once(small_memory_server: PostgresServer, database: str, sql: Sql, tmp_path: Path) -> None:

@@ -55,3 +55,15 @@ def test_a_truncated_spill_file_is_an_error(tmp_path: Path) -> None:
     buffer.spill.truncate(20)
     with pytest.raises(OSError, match=f"streamed transaction {TOP}"):
         list(buffer.messages())
+
+
+@pytest.mark.parametrize("spill_bytes", [10_000, 40])
+def test_descriptions_outlive_the_subtransaction_that_carried_them(tmp_path: Path, spill_bytes: int) -> None:
+    # the server describes a table once per top-level transaction, whichever subtransaction needed it
+    buffer = StreamedTransaction(TOP, tmp_path, spill_bytes=spill_bytes)
+    sent = [message(b"R", 701, b"relation items"), message(b"Y", 701, b"type mood"), message(b"I", 701, b"rolled back row"), message(b"I", 702, b"kept row")]
+    for m in sent:
+        buffer.add(m)
+    buffer.abort_subtransaction(701)
+    assert list(buffer.messages()) == [b"Rrelation items", b"Ytype mood", b"Ikept row"]
+    buffer.close()
