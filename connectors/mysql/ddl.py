@@ -138,7 +138,17 @@ def _column_def(coldef: Any, exp: Any) -> Field:
             nullable = False
         if isinstance(ck, exp.PrimaryKeyColumnConstraint):
             nullable, primary = False, True
-    return Field(name, canonical_type(type_text), nullable=nullable, primary_key=primary, source_type=type_text.lower())
+    return Field(name, canonical_type(type_text), nullable=nullable, primary_key=primary, source_type=_lower_keywords(type_text))
+
+
+_QUOTED = re.compile(r"('(?:[^']|'')*')")
+
+
+def _lower_keywords(type_text: str) -> str:
+    """``ENUM('Red','Blue') CHARACTER SET utf8mb4`` -> ``enum('Red','Blue') character set utf8mb4``:
+    the type's words in lower case as the server writes them, enum/set labels as declared (they
+    are the values rows decode to)."""
+    return "".join(part if part.startswith("'") else part.lower() for part in _QUOTED.split(type_text))
 
 
 def _alter(ctx: _Context, tree: Any, exp: Any, sql: str) -> None:

@@ -99,3 +99,14 @@ def test_named_columns_are_left_alone_and_a_count_mismatch_needs_attention() -> 
     with pytest.raises(NeedsAttentionError, match=r"binlog_row_metadata = FULL.*|without column names"):
         name_columns_from_schema(_event([_column(), _column()]), _schema())
     assert name_columns_from_schema(SimpleNamespace(table_id=1), _schema()) is False  # a recorded event without a table map
+
+
+def test_enum_and_set_labels_keep_their_case_in_the_tracked_schema() -> None:
+    # the labels are the values rows decode to: 'Active' must not become 'active'
+    r = interpret("ALTER TABLE items ADD state ENUM('Active','On Hold') NOT NULL, ADD tags SET('Red','it''s')", "shop", {SHOP: _schema()}, ALL)
+    schema = r.schemas[SHOP]
+    from zetl_connectors.mysql.convert import set_labels
+
+    assert set_labels(schema.field("state").source_type) == ["Active", "On Hold"]
+    assert set_labels(schema.field("tags").source_type) == ["Red", "it's"]
+    assert (schema.field("state").source_type or "").startswith("enum(")
