@@ -151,7 +151,9 @@ def prefetching_connection_class(connection_class: Any) -> Any:
 
         def _write_bytes(self, data: bytes) -> None:
             super()._write_bytes(data)
-            if self._prefetch is None and len(data) > 4 and data[4] in _DUMP_COMMANDS:
+            # a command packet is the first of its exchange (sequence id 0); a handshake or
+            # auth-switch reply that happens to start with the same byte is not
+            if self._prefetch is None and len(data) > 4 and data[3] == 0 and data[4] in _DUMP_COMMANDS:
                 # From here on the connection only reads: a thread receives ahead.
                 rfile = self._rfile
                 # read1: the bytes PyMySQL's buffered reader already holds come first
@@ -170,5 +172,9 @@ def prefetching_connection_class(connection_class: Any) -> Any:
                     pass  # not connected any more
             self._prefetch = None
             super()._force_close()
+
+        # PyMySQL's base class binds __del__ to its own _force_close: a connection collected
+        # without close() must also wake the reader thread, or closing the reader waits on it
+        __del__ = _force_close
 
     return PrefetchingConnection
