@@ -10,11 +10,14 @@ import itertools
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from zetl.testing.servers import MariaDBServer, PostgresServer
+
+if TYPE_CHECKING:
+    from pgsql import Sql
 
 _counter = itertools.count(1)
 
@@ -81,3 +84,15 @@ def state_dir(tmp_path: Path) -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("ZETL_HOME", str(Path(config.rootpath) / ".zetl-test"))
+
+
+@pytest.fixture
+def sql(pg_server: PostgresServer, pg_database: str) -> Iterator[Sql]:
+    """An autocommit connection to ``pg_database`` (tests/pgsql.py)."""
+    from pgsql import Sql
+
+    connection = Sql(pg_server, pg_database)
+    try:
+        yield connection
+    finally:
+        connection.close()

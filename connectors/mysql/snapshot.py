@@ -302,7 +302,7 @@ def _column_builder(schema: Schema) -> Callable[[list[list[Any]]], Any]:
                         arrays.append(text.cast(pa.timestamp("us")).cast(atype))
                     else:
                         arrays.append(text.cast(atype))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # zero dates, out-of-range values: converted (or reported) one by one
                     arrays.append(exact(values, parse, conv, atype))
             else:
                 arrays.append(exact(values, parse, conv, atype))

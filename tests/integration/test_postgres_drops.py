@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import psycopg
 import pytest
 import yaml
 from zetl_connectors.postgres import PostgresConfig, PostgresPosition, PostgresSource
@@ -34,6 +33,7 @@ from zetl.status import State
 from zetl.tables import TableSelection
 from zetl.testing.plugins import FileSink, MemorySink
 from zetl.testing.servers import PostgresServer
+from pgsql import Sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -65,26 +65,6 @@ def test_column_state_forgets_dropped_tables_and_keeps_dotted_names(tmp_path: Pa
 
 
 # -- helpers -----------------------------------------------------------------------------------
-class Sql:
-    def __init__(self, server: PostgresServer, database: str) -> None:
-        self.conn = psycopg.connect(server.dsn(database), autocommit=True)
-        self.conn.execute("SET lock_timeout = '10s'")
-
-    def __call__(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        cur = self.conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
-
-    def published(self, publication: str) -> set[str]:
-        return {r[0] for r in self("SELECT tablename FROM pg_publication_tables WHERE pubname = %s", (publication,))}
-
-
-@pytest.fixture
-def sql(pg_server: PostgresServer, pg_database: str) -> Iterator[Sql]:
-    s = Sql(pg_server, pg_database)
-    yield s
-    s.conn.close()
-
-
 def make_source(server: PostgresServer, database: str, state_dir: Path, *, interval: float = 0.2, exclude: tuple[str, ...] = ()) -> PostgresSource:
     config = PostgresConfig(
         host=server.host, port=server.port, database=database, user="postgres", heartbeat_interval=0.3, table_discovery_interval=interval

@@ -28,6 +28,7 @@ from zetl.schema.changes import CreateTable
 from zetl.tables import TableSelection
 from zetl.testing.plugins import FileSink
 from zetl.testing.servers import PostgresServer
+from pgsql import Sql as BaseSql
 from zetl_connectors.postgres import PostgresConfig, PostgresPosition, PostgresSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -52,20 +53,7 @@ def test_joining_positions_round_trip_and_order() -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-class Sql:
-    """One autocommit connection to the test database."""
-
-    def __init__(self, server: PostgresServer, database: str) -> None:
-        self.conn = psycopg.connect(server.dsn(database), autocommit=True)
-        self.conn.execute("SET lock_timeout = '10s'")  # a test that blocks fails instead of hanging
-
-    def __call__(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        cur = self.conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
-
-    def published(self, publication: str) -> set[str]:
-        return {r[0] for r in self("SELECT tablename FROM pg_publication_tables WHERE pubname = %s", (publication,))}
-
+class Sql(BaseSql):
     def rows(self, table: str) -> dict[int, str | None]:
         return {i: v for i, v in self(f"SELECT id, v FROM {table}")}  # noqa: S608 - a fixed test table name
 
@@ -74,7 +62,7 @@ class Sql:
 def sql(pg_server: PostgresServer, pg_database: str) -> Iterator[Sql]:
     s = Sql(pg_server, pg_database)
     yield s
-    s.conn.close()
+    s.close()
 
 
 def make_source(server: PostgresServer, database: str, *, user: str = "postgres", exclude: tuple[str, ...] = (), **settings: Any) -> PostgresSource:

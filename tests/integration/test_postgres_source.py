@@ -9,7 +9,6 @@ import uuid
 from decimal import Decimal
 from typing import Any, Callable, Iterator
 
-import psycopg
 import pytest
 
 from zetl.errors import NeedsAttentionError, SourceConnectionError, SourceError
@@ -20,6 +19,7 @@ from zetl.schema.types import T
 from zetl.tables import TableSelection
 from zetl.testing.conformance import SourceConformance
 from zetl.testing.servers import PostgresServer
+from pgsql import Sql
 from zetl_connectors.postgres import PostgresConfig, PostgresPosition, PostgresSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -35,25 +35,6 @@ def make_source(server: PostgresServer, database: str, integration: str | None =
     state_dir.mkdir(parents=True, exist_ok=True)
     context = PluginContext(integration=integration or database, tables=TableSelection.of(tables or []), state_dir=state_dir)
     return PostgresSource(config, context)
-
-
-class Sql:
-    """One autocommit connection to the test database."""
-
-    def __init__(self, server: PostgresServer, database: str) -> None:
-        self.conn = psycopg.connect(server.dsn(database), autocommit=True)
-        self.conn.execute("SET lock_timeout = '10s'")  # a test that blocks fails instead of hanging
-
-    def __call__(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        cur = self.conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
-
-
-@pytest.fixture
-def sql(pg_server: PostgresServer, pg_database: str) -> Iterator[Sql]:
-    s = Sql(pg_server, pg_database)
-    yield s
-    s.conn.close()
 
 
 def drain(

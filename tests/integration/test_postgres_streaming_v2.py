@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import psycopg
 import pytest
 
 from zetl.events import Batch, ChangeEvent, Op, Position
@@ -20,6 +19,7 @@ from zetl.plugin import PluginContext
 from zetl.schema.changes import AddColumn
 from zetl.tables import TableSelection
 from zetl.testing.servers import PostgresServer
+from pgsql import Sql
 from zetl_connectors.postgres import PostgresConfig, PostgresSource
 from zetl_connectors.postgres import streamed as streamed_buffer
 
@@ -27,18 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 BIG = 5000
 PAD = "repeat('p', 40)"  # about 80 bytes of decoded change per row: 64kB is exceeded after ~800 rows
-
-
-class Sql:
-    """One autocommit connection to a test database."""
-
-    def __init__(self, server: PostgresServer, database: str) -> None:
-        self.conn = psycopg.connect(server.dsn(database), autocommit=True)
-        self.conn.execute("SET lock_timeout = '10s'")  # a test that blocks fails instead of hanging
-
-    def __call__(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
-        cur = self.conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
 
 
 def drain(
