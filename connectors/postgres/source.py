@@ -455,11 +455,8 @@ class PostgresSource(Source[PostgresConfig]):
                     if renamed is not None:
                         self.log.info("removed %s (replicated as %s) from publication %s", renamed, drop.table, self.publication_name)
         except SourceError as exc:
-            if self._closed.is_set():
-                return
-            if not exc.retryable:
-                raise
-            raise SourceConnectionError(f"lost the Postgres connection used to leave dropped tables behind: {exc.message}") from None
+            self._catalog_failed(exc, "to leave dropped tables behind")
+            return  # closing: the error is a consequence of the close
         stream = self._stream
         forgotten: dict[TableId, TableShape | None] = {}
         for drop in due:
@@ -480,6 +477,18 @@ class PostgresSource(Source[PostgresConfig]):
         self._rejoin = True  # a table of the same name may be waiting to join
         self.log.info("reporting table(s) %s as dropped", ", ".join(str(d.table) for d in due))
         yield Batch(schema_changes=tuple(DropTable(d.table) for d in due), end_position=position)
+
+    def _catalog_failed(self, exc: SourceError, used: str) -> None:
+        """Raise what a failed catalog query on the side connection means; returns only when the
+        source is closing (its connection was closed under the query).
+
+        A retryable failure is a lost connection: raised as SourceConnectionError naming what the
+        connection was ``used`` for, so the runner reconnects from the checkpoint."""
+        if self._closed.is_set():
+            return
+        if not exc.retryable:
+            raise exc
+        raise SourceConnectionError(f"lost the Postgres connection used {used}: {exc.message}") from None
 
     def _wait_for_slot_release(self, timeout: float = 10.0) -> None:
         """A restart can come before the server has noticed that the previous connection is gone."""
@@ -511,11 +520,8 @@ class PostgresSource(Source[PostgresConfig]):
                     self._heartbeats += 1
                 self._lag_bytes = self._catalog.slot_lag_bytes(self.slot_name)
         except SourceError as exc:
-            if self._closed.is_set():
-                return
-            if not exc.retryable:
-                raise
-            raise SourceConnectionError(f"lost the Postgres connection used for heartbeats: {exc.message}") from None
+            self._catalog_failed(exc, "for heartbeats")
+            return  # closing: the error is a consequence of the close
 
     # -- snapshot --------------------------------------------------------------------------
     def _begin_table(self, snapshot_name: str | None) -> "psycopg.Connection[Any]":
@@ -626,11 +632,8 @@ class PostgresSource(Source[PostgresConfig]):
                 found = [t for t in found if not self._drops.holds(t)]
                 infos = self._catalog.tables(OnlyTables(found)) if found else []
         except SourceError as exc:
-            if self._closed.is_set():
-                return
-            if not exc.retryable:
-                raise
-            raise SourceConnectionError(f"lost the Postgres connection used to look for new tables: {exc.message}") from None
+            self._catalog_failed(exc, "to look for new tables")
+            return  # closing: the error is a consequence of the close
         lacking = [t for t in infos if Catalog.lacks_identity(t)]
         # reported only when still so at the next search: CREATE TABLE and ADD PRIMARY KEY are
         # often two transactions
