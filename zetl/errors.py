@@ -9,7 +9,8 @@
     ├── SourceError                raised while reading from a source
     │   └── SourceConnectionError  connection lost or refused (retryable)
     ├── SinkError                  raised while writing to a sink
-    │   └── SinkConnectionError    connection lost or refused (retryable)
+    │   ├── SinkConnectionError    connection lost or refused (retryable)
+    │   └── WriterFencedError      a newer run of the integration wrote to the target (this one stops)
     ├── CheckpointError            the checkpoint store cannot be read or written
     └── NeedsAttentionError        the integration cannot go on without a person (e.g. purged binlog)
 
@@ -39,6 +40,7 @@ __all__ = [
     "SourceConnectionError",
     "SourceError",
     "UnknownPluginError",
+    "WriterFencedError",
     "ZetlError",
 ]
 
@@ -142,6 +144,11 @@ class SinkConnectionError(SinkError):
     """The sink's server could not be reached or dropped the connection."""
 
     default_retryable = True
+
+
+class WriterFencedError(SinkError):
+    """The target holds a writer epoch newer than this run's: another run of the integration took
+    over (see ``Sink.stored_epoch``). Never retried: this run stops without committing."""
 
 
 class CheckpointError(ZetlError):

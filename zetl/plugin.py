@@ -48,6 +48,8 @@ class PluginContext:
         logger: the integration's logger.
         progress: called by sources while snapshotting.
         config_file: the YAML file the integration came from (None in library use).
+        writer_epoch: the fencing epoch of this run (see ``Sink.stored_epoch``): greater than
+            that of every earlier run of the integration; 0 in library use and inspections.
         read_only: the caller only inspects (``zetl drift``): ``open``, ``discover`` and
             ``current_schema`` must not create or change anything (no slot, publication,
             namespace or table); a resource that does not exist is reported as missing.
@@ -60,6 +62,7 @@ class PluginContext:
     progress: Callable[[TableId, int, int | None], None] = _no_progress
     config_file: Path | None = None
     read_only: bool = False
+    writer_epoch: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
 

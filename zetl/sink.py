@@ -100,6 +100,18 @@ class Sink(ABC, Generic[C]):
         """The position stored with the data (only when ``capabilities.stores_checkpoint``)."""
         return None
 
+    def stored_epoch(self) -> int | None:
+        """The greatest writer epoch recorded in the target (only when
+        ``capabilities.stores_checkpoint``; None: none recorded or not supported).
+
+        Fencing: every run of an integration gets a ``context.writer_epoch`` greater than any
+        earlier run's, set before the first ``apply``/``write``. A sink that stores positions
+        records that epoch with each commit and refuses, in the same atomic step, to commit
+        when the target already holds a greater one (``WriterFencedError``): a paused or
+        partitioned old writer that wakes up cannot overwrite what a newer one wrote.
+        """
+        return None
+
     def managed_tables(self) -> list[TableId] | None:
         """The source tables this integration has created (and written) in the target, in source
         terms, sorted; None when the sink cannot tell (the default, so custom sinks keep working).

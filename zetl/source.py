@@ -77,6 +77,21 @@ class Source(ABC, Generic[C]):
         """Extra figures for ``zetl status`` (lag, snapshot progress); cheap, any thread."""
         return {}
 
+    def source_state(self) -> list[str]:
+        """What this integration owns on the source server (e.g. ``replication slot 'zetl_x'``),
+        one line each, for ``zetl reset --drop-source-state`` to show before it removes them.
+
+        Called on a source that was constructed but not opened; it may connect. Only resources
+        the integration can prove it created (recorded in ``context.state_dir``) are listed.
+        The default: none.
+        """
+        return []
+
+    def drop_source_state(self) -> list[str]:
+        """Remove what ``source_state`` lists; returns what was removed. Idempotent: a resource
+        already gone is not an error. Never removes a resource it cannot prove is its own."""
+        return []
+
     def close(self) -> None:
         """Release connections. Idempotent; may be called from another thread to stop ``read``."""
 
