@@ -33,6 +33,11 @@ class CheckpointStore(ABC):
     def reset(self, integration: str) -> None:
         """Forget the position (the next run starts from the beginning)."""
 
+    def was_reset(self, integration: str) -> bool:
+        """Whether ``reset`` ran and no position was saved since: the next run starts over and
+        ignores a position the sink stored with the data before the reset."""
+        return False
+
 
 class SQLiteCheckpointStore(CheckpointStore):
     """One row per integration in the state file; each save is one committed transaction."""
@@ -56,14 +61,43 @@ class SQLiteCheckpointStore(CheckpointStore):
             ) from exc
 
     def save(self, integration: str, position: Position) -> None:
+        conn = self.db.connect()
         try:
-            self.db.connect().execute(
-                "INSERT INTO checkpoints (integration, position, updated_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (integration) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-                (integration, orjson.dumps(position.to_json()).decode(), time.time()),
-            )
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "INSERT INTO checkpoints (integration, position, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (integration) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+                    (integration, orjson.dumps(position.to_json()).decode(), time.time()),
+                )
+                conn.execute("DELETE FROM resets WHERE integration = ?", (integration,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
         except Exception as exc:
-            raise CheckpointError(f"cannot save the checkpoint of '{integration}' to {self.db.path}: {exc}", retryable=True) from exc
+            raise CheckpointError(
+                f"cannot save the checkpoint of '{integration}' to {self.db.path}: {exc} "
+                "(free disk space or fix the file's permissions; zetl retries from the last saved checkpoint)",
+                retryable=True,
+            ) from exc
+
+    def load_raw(self, integration: str) -> str | None:
+        """The saved position as stored (JSON text), without decoding it: works whatever
+        plugins are installed (``zetl reset``)."""
+        row = self.db.connect().execute("SELECT position FROM checkpoints WHERE integration = ?", (integration,)).fetchone()
+        return None if row is None else str(row[0])
 
     def reset(self, integration: str) -> None:
-        self.db.connect().execute("DELETE FROM checkpoints WHERE integration = ?", (integration,))
+        conn = self.db.connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM checkpoints WHERE integration = ?", (integration,))
+            conn.execute("INSERT OR REPLACE INTO resets (integration, at) VALUES (?, ?)", (integration, time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def was_reset(self, integration: str) -> bool:
+        return self.db.connect().execute("SELECT 1 FROM resets WHERE integration = ?", (integration,)).fetchone() is not None

@@ -78,7 +78,40 @@ def run(paths: tuple[str, ...], log_format: str, log_level: str, shutdown_timeou
     finally:
         if progress is not None:
             progress.close()
-    sys.exit(code)
+    _exit_after_threads(code)
+
+
+def _exit_after_threads(code: int, timeout: float = 10.0) -> None:
+    """Exit once every other thread has ended, with logs and output flushed.
+
+    A thread still running while the interpreter shuts down may be writing to stderr when the
+    interpreter takes the stream's lock for the last flush, which aborts the process ("Fatal
+    Python error: _enter_buffered_busy"). So the threads are joined first; one that does not end
+    within ``timeout`` is logged, and the process then exits without interpreter shutdown, after
+    flushing everything itself.
+    """
+    import logging
+    import threading
+
+    deadline = time.monotonic() + timeout
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or not thread.is_alive():
+            continue
+        if thread.daemon and thread.name.startswith(("Thread-", "prometheus")):
+            continue  # servers that only answer requests (the metrics endpoint)
+        thread.join(max(0.0, deadline - time.monotonic()))
+    lingering = [t.name for t in threading.enumerate() if t is not threading.current_thread() and t.is_alive()]
+    if not lingering:
+        logging.shutdown()
+        sys.exit(code)
+    logging.getLogger("zetl.daemon").debug("threads still running at exit: %s", ", ".join(lingering))
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe: nothing more can be written anyway
+            pass
+    os._exit(code)
 
 
 @main.command()
@@ -105,7 +138,18 @@ def _state_files(paths: tuple[str, ...], state: str | None) -> list[Path]:
             if p not in files:
                 files.append(p)
         return files
-    return [Path(os.environ.get("ZETL_HOME", ".zetl")) / "state.db"]
+    from zetl.statehome import home_state_file, recorded_locations
+
+    files = [home_state_file()]
+    for p in recorded_locations():
+        if p not in files:
+            files.append(p)
+    return files
+
+
+STALE_AFTER = 30.0
+"""A running integration's status older than this (seconds) is stale: its daemon is alive but
+cannot write the state file (or is hung). The daemon saves it at least every 5 s."""
 
 
 def _ago(ts: float | None) -> str:
@@ -127,40 +171,76 @@ def _pid_alive(pid: int) -> bool:
 
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(exists=True))
-@click.option("--state", "state", type=click.Path(), help="State file to read (default: from PATHS, else $ZETL_HOME/state.db).")
+@click.option("--state", "state", type=click.Path(), help="State file to read (default: from PATHS, else the zetl home's and those it records).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def status(paths: tuple[str, ...], state: str | None, fmt: str) -> None:
     """Show each integration's state, rows written, lag, position and last error.
 
     Reads the state file the daemon keeps up to date, so it works while `zetl run` runs (and
-    after it stopped: a running state whose process is gone shows as `stopped (process gone)`).
+    after it stopped: a running state whose process is gone shows as `stopped (process gone)`;
+    one whose live process has not saved it for 30 s, as `stale`: that daemon cannot write its
+    state file). Exit code 1 when an integration failed, needs attention or is stale, else 0.
     """
     from zetl.statedb import StateDB
     from zetl.status import State, StatusStore
 
     rows: list[Any] = []
+    sources: dict[str, Path] = {}
     for file in _state_files(paths, state):
         if not file.exists():
             continue
-        rows += StatusStore(StateDB(file)).load_all()
+        try:
+            found = StatusStore(StateDB(file, read_only=True)).load_all()
+        except Exception as exc:  # sqlite3.Error: not a state file, or unreadable
+            err.print(f"cannot read the state file {file}: {exc}", markup=False)
+            sys.exit(1)
+        for s in found:
+            rows.append(s)
+            sources[s.integration] = file
+    now = time.time()
+
+    def health(s: Any) -> tuple[str, bool]:
+        """The state to show and whether it is healthy."""
+        text = str(s.state)
+        if s.state in (State.FAILED, State.NEEDS_ATTENTION):
+            return text, False
+        if s.state is State.STOPPED:
+            return text, True
+        if not _pid_alive(s.pid):
+            return text + " (process gone)", True
+        if s.updated_at and now - s.updated_at > STALE_AFTER:
+            return f"{text} (stale: no update for {now - s.updated_at:.0f}s)", False
+        if s.state_error and s.state_error_until is None:
+            return f"{text} (state file not writable)", False
+        return text, True
+
+    unhealthy = False
     if fmt == "json":
         data = []
         for s in rows:
+            shown, healthy = health(s)
+            unhealthy |= not healthy
             d = {k: getattr(s, k) for k in s.__dataclass_fields__}
             d["state"] = str(s.state)
             d["process_alive"] = _pid_alive(s.pid)
+            d["stale"] = bool(d["process_alive"] and s.state not in (State.FAILED, State.NEEDS_ATTENTION, State.STOPPED) and s.updated_at and now - s.updated_at > STALE_AFTER)
+            d["healthy"] = healthy
+            d["state_file"] = str(sources[s.integration])
             data.append(d)
         out.print(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str).decode(), markup=False)
-        return
+        sys.exit(1 if unhealthy else 0)
     if not rows:
         out.print("no integrations have run yet (no status in the state file)")
         return
+    for file in dict.fromkeys(sources.values()):
+        out.print(f"state file: {file}", markup=False)
     table = Table("integration", "state", "rows", "lag", "position", "last write", "details", "last error")
     for s in rows:
-        state_text = str(s.state)
-        if s.state not in (State.STOPPED, State.FAILED, State.NEEDS_ATTENTION) and not _pid_alive(s.pid):
-            state_text += " (process gone)"
+        state_text, healthy = health(s)
+        unhealthy |= not healthy
         colour = {"streaming": "green", "snapshotting": "cyan", "failed": "red", "needs_attention": "yellow", "retrying": "yellow"}.get(str(s.state), "white")
+        if not healthy:
+            colour = "red" if s.state is State.FAILED else "yellow"
         details = []
         snap = s.source.get("snapshot") if isinstance(s.source, dict) else None
         if snap:
@@ -170,6 +250,10 @@ def status(paths: tuple[str, ...], state: str | None, fmt: str) -> None:
         for key in ("slot_lag_bytes", "lag_bytes"):
             if isinstance(s.source, dict) and s.source.get(key) is not None:
                 details.append(f"{key}={s.source[key]}")
+        if s.state_error:
+            until = "ongoing" if s.state_error_until is None else f"until {time.strftime('%H:%M:%S', time.localtime(s.state_error_until))}"
+            since = time.strftime("%H:%M:%S", time.localtime(s.state_error_since)) if s.state_error_since else "?"
+            details.append(f"state file unwritable since {since}, {until}: {s.state_error}")
         table.add_row(
             s.integration,
             f"[{colour}]{state_text}[/{colour}]",
@@ -181,6 +265,7 @@ def status(paths: tuple[str, ...], state: str | None, fmt: str) -> None:
             (s.last_error or "-")[:200],
         )
     out.print(table)
+    sys.exit(1 if unhealthy else 0)
 
 
 @main.command()
@@ -246,27 +331,105 @@ def _type_label(annotation: Any) -> str:
 
 
 @main.command()
-@click.argument("integration")
-@click.option("--state", "state", type=click.Path(), help="State file (default $ZETL_HOME/state.db).")
+@click.argument("target")
+@click.option("--state", "state", type=click.Path(), help="State file (default: the integration's, see `zetl status`).")
+@click.option("--drop-source-state", is_flag=True, help="Also remove what the integration owns on the source server (e.g. its replication slot and publication); needs TARGET to be the YAML file.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def reset(integration: str, state: str | None, yes: bool) -> None:
-    """Forget INTEGRATION's checkpoint: its next run starts from a new snapshot."""
-    from zetl.checkpoints import SQLiteCheckpointStore
-    from zetl.statedb import StateDB
+def reset(target: str, state: str | None, drop_source_state: bool, yes: bool) -> None:
+    """Forget an integration's position so that its next run starts over with a new copy.
 
-    path = Path(state) if state else Path(os.environ.get("ZETL_HOME", ".zetl")) / "state.db"
-    if not path.exists():
-        err.print(f"no state file at {path}")
+    TARGET is the integration's YAML file (or its name, with the state found as `zetl run`
+    finds it). Shows what it removes, then removes it: the checkpoint, the status, the schema
+    history, the source's files in the state directory (e.g. Postgres column identities, the
+    MySQL schema history) and, with --drop-source-state, what the integration created on the
+    source server. The target's tables and data are left as they are. Refused while the
+    integration runs. Exit code 0 when done (or nothing to do), 1 on errors.
+    """
+    from zetl.checkpoints import SQLiteCheckpointStore
+    from zetl.plugin import PluginContext
+    from zetl.statedb import StateDB
+    from zetl.statehome import forget_location, locate_state
+    from zetl.writerlock import IntegrationLock, IntegrationLockedError
+
+    integration: Integration | None = None
+    if Path(target).is_file() or target.endswith((".yaml", ".yml")):
+        found = _load_or_exit((target,))
+        if len(found) != 1:
+            err.print(f"{target} holds {len(found)} integrations; reset takes one file with one integration")
+            sys.exit(1)
+        integration = found[0]
+        name = integration.name
+        path = Path(state) if state else integration.config.state_path(integration.file)
+    else:
+        name = target
+        path = Path(state) if state else locate_state(name, None, None).path
+    if drop_source_state and integration is None:
+        err.print(f"--drop-source-state needs the integration's YAML file (to connect to its source): zetl reset --drop-source-state path/to/{name}.yaml")
         sys.exit(1)
-    store = SQLiteCheckpointStore(StateDB(path))
-    current = store.load(integration)
-    if current is None:
-        out.print(f"{integration} has no checkpoint in {path}")
-        return
-    if not yes:
-        click.confirm(f"forget the checkpoint of {integration} ({current})?", abort=True)
-    store.reset(integration)
-    out.print(f"checkpoint of {integration} removed; the next run starts from the beginning")
+    if not path.exists():
+        if state is None and forget_location(name):
+            out.print(f"{name}: its recorded state {path} is gone; the record is removed, the next run starts over in {locate_state(name, None, None).path}", markup=False)
+            return
+        err.print(f"{name} has no state at {path}; nothing to reset")
+        sys.exit(0 if not drop_source_state else 1)
+    db = StateDB(path)
+    lock = IntegrationLock(path.parent, name)
+    try:
+        lock.acquire()
+    except IntegrationLockedError as exc:
+        err.print(f"cannot reset: {exc.message}", markup=False)
+        sys.exit(1)
+    try:
+        store = SQLiteCheckpointStore(db)
+        conn = db.connect()
+        checkpoint = store.load_raw(name)
+        history = conn.execute("SELECT count(*) FROM schema_history WHERE integration = ?", (name,)).fetchone()[0]
+        has_status = conn.execute("SELECT 1 FROM status WHERE integration = ?", (name,)).fetchone() is not None
+        plan: list[str] = []
+        if checkpoint is not None:
+            plan.append(f"the checkpoint ({checkpoint})")
+        if history:
+            plan.append(f"the schema history ({history} decision{'s' if history != 1 else ''})")
+        if has_status:
+            plan.append("the status")
+        source = None
+        files: list[Path] = []
+        if integration is not None:
+            context = PluginContext(integration=name, tables=integration.config.tables.selection(), state_dir=path.parent / name, config_file=integration.file)
+            source = integration.source_class(integration.source_config, context)
+            files = source.local_state_files()
+            plan += [f"file {f}" for f in files]
+            if drop_source_state:
+                try:
+                    plan += [f"on the source: {line}" for line in source.source_state()]
+                except ZetlError as exc:
+                    err.print(f"cannot list the source state of {name}: {exc.message}", markup=False)
+                    sys.exit(1)
+        if not plan:
+            out.print(f"{name} has nothing to reset in {path}")
+            return
+        out.print(f"reset {name} (state {path}) removes:", markup=False)
+        for line in plan:
+            out.print(f"  - {line}", markup=False)
+        out.print("the target's tables and data stay; the next run copies the tables again", markup=False)
+        if not yes:
+            click.confirm("go on?", abort=True)
+        if source is not None and drop_source_state:
+            try:
+                for line in source.drop_source_state():
+                    out.print(f"removed on the source: {line}", markup=False)
+            except ZetlError as exc:
+                err.print(f"cannot remove the source state of {name}: {exc.message} (nothing else was removed)", markup=False)
+                sys.exit(1)
+        for f in files:
+            f.unlink(missing_ok=True)
+        store.reset(name)
+        conn.execute("DELETE FROM schema_history WHERE integration = ?", (name,))
+        conn.execute("DELETE FROM status WHERE integration = ?", (name,))
+        out.print(f"{name} reset; its next run starts over", markup=False)
+    finally:
+        lock.release()
+        db.close()
 
 
 @main.command()

@@ -3,6 +3,10 @@
 One integration failing puts it in ``failed`` (or ``needs_attention``) and leaves the others
 running. SIGTERM/SIGINT stop every integration gracefully (write what was read, commit, save the
 checkpoint) within ``shutdown_timeout``; a second signal exits at once.
+
+One writer per integration: before anything starts, the daemon takes each integration's lock
+(``zetl.writerlock``). An integration another process runs is skipped with an error naming that
+process (its status is left alone); when that leaves nothing to run, ``run`` returns 1.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ import time
 from typing import Any, Callable
 
 from zetl.config.load import Integration
+from zetl.errors import ZetlError
 from zetl.runner import IntegrationRunner
 from zetl.status import State
+from zetl.writerlock import IntegrationLockedError
 
 __all__ = ["Daemon"]
 
@@ -41,9 +47,28 @@ class Daemon:
         self.integrations = integrations
         self.shutdown_timeout = shutdown_timeout
         self.stop = threading.Event()
-        self.runners = [IntegrationRunner(i, self.stop, progress=progress, metrics=metrics) for i in integrations]
         self.results: dict[str, State] = {}
+        self.skipped: dict[str, str] = {}
+        self.runners: list[IntegrationRunner] = []
+        for integration in integrations:
+            try:
+                self.runners.append(IntegrationRunner(integration, self.stop, progress=progress, metrics=metrics))
+            except ZetlError as exc:  # e.g. its recorded state is gone: the others still run
+                log.error("integration %s cannot start: %s", integration.name, exc.message)
+                self.results[integration.name] = State.NEEDS_ATTENTION
         self._signals = 0
+
+    def _acquire_locks(self) -> list[IntegrationRunner]:
+        runnable = []
+        for runner in self.runners:
+            try:
+                runner.acquire_lock()
+            except IntegrationLockedError as exc:
+                log.error("skipping %s: %s", runner.name, exc.message)
+                self.skipped[runner.name] = exc.message
+                continue
+            runnable.append(runner)
+        return runnable
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals += 1
@@ -57,12 +82,15 @@ class Daemon:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
+        runnable = self._acquire_locks()
+        if not runnable:
+            return 1
         threads = []
-        for runner in self.runners:
+        for runner in runnable:
             t = threading.Thread(target=self._run_one, args=(runner,), name=f"zetl-{runner.name}", daemon=True)
             t.start()
             threads.append(t)
-        log.info("running %d integration(s): %s", len(self.runners), ", ".join(r.name for r in self.runners))
+        log.info("running %d integration(s): %s", len(runnable), ", ".join(r.name for r in runnable))
         while any(t.is_alive() for t in threads) and not self.stop.is_set():
             self.stop.wait(0.2)
         deadline = time.monotonic() + self.shutdown_timeout
@@ -71,6 +99,9 @@ class Daemon:
         stuck = [t.name for t in threads if t.is_alive()]
         if stuck:
             log.error("integrations still stopping after %.0fs, exiting anyway: %s", self.shutdown_timeout, ", ".join(stuck))
+        for runner in runnable:
+            if runner.lock.held and not any(t.name == f"zetl-{runner.name}" for t in threads if t.is_alive()):
+                runner.lock.release()
         bad = [name for name, state in self.results.items() if state in (State.FAILED, State.NEEDS_ATTENTION)]
         return 1 if bad else 0
 

@@ -21,6 +21,7 @@ daemon would do.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 import uuid
 from dataclasses import replace
@@ -29,7 +30,7 @@ from typing import Any, Mapping
 import orjson
 
 from zetl.config.model import IntegrationConfig
-from zetl.errors import SchemaError
+from zetl.errors import CheckpointError, SchemaError
 from zetl.events import Batch, ChangeEvent, Op, Position, RowChunk, TableId
 from zetl.filters.apply import TableFilter, python_value
 from zetl.flatten import Flattener
@@ -61,10 +62,13 @@ class SchemaHistory:
         if self.db is None:
             return
         pos = orjson.dumps(position.to_json()).decode() if position is not None else None
-        self.db.connect().execute(
-            "INSERT INTO schema_history (integration, at, table_name, change, position, decision, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (self.integration, time.time(), str(table), change, pos, decision, reason),
-        )
+        try:
+            self.db.connect().execute(
+                "INSERT INTO schema_history (integration, at, table_name, change, position, decision, reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (self.integration, time.time(), str(table), change, pos, decision, reason),
+            )
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"cannot record a schema decision in the state file {self.db.path}: {exc}", retryable=True) from exc
 
     def has(self, table: TableId, change: str, decision: str) -> bool:
         """Whether this decision about this change was recorded before."""

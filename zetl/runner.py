@@ -9,6 +9,13 @@ Guarantees:
       checkpoint is saved; then the source and sink are closed.
     * Retryable errors restart the integration from its checkpoint after a capped exponential
       backoff; fatal errors end it in ``failed``, ``NeedsAttentionError`` in ``needs_attention``.
+    * One writer: ``run`` holds the integration's lock (``zetl.writerlock``) from start to end,
+      and every attempt claims a writer epoch greater than any earlier run's and the sink's
+      stored one, set in ``context.writer_epoch`` before the first write (sinks that store
+      positions refuse a commit once a newer epoch wrote).
+    * The status is written at least every ``STATUS_HEARTBEAT`` seconds while the integration
+      runs (also while it waits to retry); when the state file cannot be written, the failure is
+      logged, kept in memory and recorded in the status as soon as the file can be written again.
 """
 
 from __future__ import annotations
@@ -34,11 +41,17 @@ from zetl.plugin import PluginContext
 from zetl.sink import Sink
 from zetl.source import Source
 from zetl.statedb import StateDB
+from zetl.statehome import StateLocation, StateOrigin, record_location
 from zetl.status import IntegrationStatus, State, StatusStore
+from zetl.writerlock import IntegrationLock
 
 __all__ = ["IntegrationRunner", "merge_batches"]
 
 _END = object()
+
+STATUS_HEARTBEAT = 5.0
+"""Longest time between two status saves of a running integration; ``zetl status`` calls a status
+older than a few heartbeats of a live process stale."""
 
 
 _commit_ts = attrgetter("commit_ts")
@@ -106,18 +119,32 @@ class IntegrationRunner:
         self.name = integration.name
         self.stop = stop or threading.Event()
         self.log = logging.getLogger(f"zetl.integration.{self.name}")
-        db_path = self.config.state_path(integration.file)
-        self.state_db = state_db or StateDB(db_path)
+        if state_db is not None:
+            self.location = StateLocation(state_db.path.absolute(), StateOrigin.CONFIGURED)
+        else:
+            self.location = self.config.locate_state(integration.file)
+        if self.location.origin is StateOrigin.RECORDED and not self.location.path.exists():
+            raise NeedsAttentionError(
+                f"the state of {self.name!r} was recorded at {self.location.path}, which no longer exists. Restore it "
+                f"(it holds the checkpoint), or forget it with `zetl reset {self.name}` to start over with a new copy."
+            )
+        self.state_db = state_db or StateDB(self.location.path)
+        self.lock = IntegrationLock(self.state_db.path.parent, self.name)
         self.checkpoints = checkpoints or SQLiteCheckpointStore(self.state_db)
         self.status_store = StatusStore(self.state_db)
         self.history = SchemaHistory(self.state_db, self.name)
-        self.status = IntegrationStatus(self.name)
+        self.status = IntegrationStatus(self.name, state_file=str(self.location.path))
+        self._state_write_error: str | None = None
         self._progress_cb = progress
         self._metrics = metrics
         self._last_status_save = 0.0
         self._source: Source | None = None
         self._sink: Sink | None = None
         self._last_durable: Position | None = None
+
+    def acquire_lock(self) -> None:
+        """Take the integration's lock (``IntegrationLockedError`` names the holder)."""
+        self.lock.acquire()
 
     # -- status ---------------------------------------------------------------------------
     def _set_state(self, state: State, error: str | None = None) -> None:
@@ -140,9 +167,41 @@ class IntegrationRunner:
                 self.status.source = self._source.status()
             if self._sink is not None:
                 self.status.sink = self._sink.status()
+        except Exception as exc:  # figures are informative; never fail the integration for them
+            self.log.debug("could not collect status figures: %s", exc)
+        try:
             self.status_store.save(self.status)
-        except Exception as exc:  # status is informative; never fail the integration for it
-            self.log.debug("could not save status: %s", exc)
+        except Exception as exc:  # never fail the integration for it, but never hide it either
+            self._state_unwritable(exc)
+            return
+        if self._state_write_error is not None:
+            self.log.warning("the state file %s can be written again", self.state_db.path)
+            self._state_write_error = None
+            self.status.state_error_until = time.time()
+            self._save_status_quietly()
+
+    def _state_unwritable(self, exc: BaseException) -> None:
+        """The state file refused a write: log it once per cause and keep it in the status, which
+        is written with it as soon as the file accepts writes again."""
+        text = f"{type(exc).__name__}: {exc}"
+        if self._state_write_error != text:
+            self.log.error(
+                "cannot write the state file %s (%s); `zetl status` shows the last status saved, as stale. "
+                "Checkpoints cannot be saved until it can be written (free disk space, check permissions); zetl retries.",
+                self.state_db.path,
+                text,
+            )
+            if self._state_write_error is None:
+                self.status.state_error_since = time.time()
+                self.status.state_error_until = None
+            self._state_write_error = text
+            self.status.state_error = text
+
+    def _save_status_quietly(self) -> None:
+        try:
+            self.status_store.save(self.status)
+        except Exception as exc:
+            self._state_unwritable(exc)
 
     def _on_progress(self, table: TableId, done: int, total: int | None) -> None:
         snap = self.status.source.setdefault("snapshot", {})
@@ -152,7 +211,33 @@ class IntegrationRunner:
 
     # -- main loop ------------------------------------------------------------------------
     def run(self) -> State:
-        """Run until stopped, failed or finished; returns the final state."""
+        """Run until stopped, failed or finished; returns the final state.
+
+        Holds the integration's lock throughout (taken here unless ``acquire_lock`` was called);
+        raises ``IntegrationLockedError`` when another process holds it."""
+        acquired = not self.lock.held
+        self.acquire_lock()
+        try:
+            if self.location.origin is StateOrigin.LEGACY:
+                record_location(self.name, self.location.path)
+                self.log.warning(
+                    "using the state of an earlier zetl at %s (its default was .zetl/ in the current directory); "
+                    "its location is now recorded, so every run finds it from any directory. "
+                    "To make it explicit, set `checkpoint: {path: %s}` in the YAML file.",
+                    self.location.path,
+                    self.location.path,
+                )
+            self.log.info("state: %s", self.location.describe())
+            return self._run()
+        finally:
+            try:
+                self.state_db.checkpoint_wal()
+            except Exception as exc:  # a full disk: the WAL is replayed when the file is opened again
+                self.log.warning("could not fold the write-ahead log into %s: %s", self.state_db.path, exc)
+            if acquired:
+                self.lock.release()
+
+    def _run(self) -> State:
         tune_garbage_collector()
         backoff = self.config.retry.initial_backoff
         failures = 0
@@ -186,10 +271,20 @@ class IntegrationRunner:
                 return State.FAILED
             self.log.warning("retryable error (attempt %d), retrying in %.1fs: %s", failures, backoff, error)
             self._set_state(State.RETRYING, error)
-            self.stop.wait(backoff)
+            self._wait(backoff)
             backoff = min(backoff * 2, self.config.retry.max_backoff)
         self._set_state(State.STOPPED)
         return State.STOPPED
+
+    def _wait(self, seconds: float) -> None:
+        """Wait to retry, still saving the status every heartbeat (it stays fresh)."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, STATUS_HEARTBEAT))
+            self._save_status(force=True)
 
     def _context(self) -> PluginContext:
         state_dir = self.state_db.path.parent / self.name
@@ -213,6 +308,7 @@ class IntegrationRunner:
         reader_stop = threading.Event()
         try:
             sink.open()
+            self._claim_epoch(sink, context)
             source.open()
             start = self._start_position(sink)
             self._last_durable = start
@@ -231,9 +327,20 @@ class IntegrationRunner:
             self._save_status(force=True)
             self._source = self._sink = None
 
+    def _claim_epoch(self, sink: Sink, context: PluginContext) -> None:
+        stored = sink.stored_epoch() if sink.capabilities.stores_checkpoint else None
+        epoch = self.state_db.claim_epoch(self.name, at_least=(stored or 0) + 1)
+        context.writer_epoch = epoch
+        self.status.writer_epoch = epoch
+        if stored is not None:
+            self.log.info("writer epoch %d (the target's newest: %d)", epoch, stored)
+
     def _start_position(self, sink: Sink) -> Position | None:
         saved = self.checkpoints.load(self.name)
         stored = sink.stored_position() if sink.capabilities.stores_checkpoint else None
+        if saved is None and stored is not None and self.checkpoints.was_reset(self.name):
+            self.log.info("the integration was reset: starting over, the position the sink stored (%s) is not used", stored)
+            return None
         if stored is not None and (saved is None or stored > saved):
             # The sink committed data whose checkpoint save did not happen (crash in between):
             # the sink's own record is the truth.

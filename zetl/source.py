@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar, Generic, Iterator, TypeVar
 
 from pydantic import BaseModel
@@ -85,6 +86,12 @@ class Source(ABC, Generic[C]):
         the integration can prove it created (recorded in ``context.state_dir``) are listed.
         The default: none.
         """
+        return []
+
+    def local_state_files(self) -> list[Path]:
+        """Files this source keeps in ``context.state_dir`` (that exist), which ``zetl reset``
+        removes with the checkpoint: what the source remembers of the position it resumes
+        from (e.g. a schema history). The default: none. Never the sink's files."""
         return []
 
     def drop_source_state(self) -> list[str]:

@@ -33,7 +33,10 @@ class IntegrationStatus:
     """What ``zetl status`` shows for one integration.
 
     ``lag_seconds`` is the time between the source commit of the last written change and its
-    write (None until a change with a commit time was written).
+    write (None until a change with a commit time was written). ``state_error`` is the last
+    failure to write the state file, from ``state_error_since`` until ``state_error_until``
+    (None while it lasts): a status saved with ``state_error_until`` None was written by a daemon
+    that could not write its state file at the time (and ``updated_at`` then stops moving).
     """
 
     integration: str
@@ -51,6 +54,11 @@ class IntegrationStatus:
     sink: dict[str, Any] = field(default_factory=dict)
     pid: int = field(default_factory=os.getpid)
     updated_at: float = 0.0
+    state_file: str | None = None
+    writer_epoch: int | None = None
+    state_error: str | None = None
+    state_error_since: float | None = None
+    state_error_until: float | None = None
 
 
 class StatusStore:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
@@ -17,6 +17,9 @@ from zetl.filters.config import FiltersConfig
 from zetl.flatten import FlattenConfig
 from zetl.schema.policy import SchemaEvolutionConfig
 from zetl.tables import TableSelection, compile_pattern
+
+if TYPE_CHECKING:
+    from zetl.statehome import StateLocation
 
 __all__ = ["BatchingConfig", "CheckpointConfig", "IntegrationConfig", "PluginSection", "RetryConfig", "TablesConfig"]
 
@@ -79,8 +82,8 @@ class CheckpointConfig(_Section):
     store: Literal["sqlite"] = "sqlite"
     """Where positions are kept. ``sqlite``: one row per integration in a local file."""
     path: str | None = None
-    """The SQLite file (default ``$ZETL_HOME/state.db``, ``.zetl/state.db`` without ZETL_HOME);
-    relative paths are relative to the YAML file."""
+    """The SQLite file; relative paths are relative to the YAML file. Default:
+    ``$ZETL_HOME/state.db`` (``~/.local/state/zetl/state.db``), the same from any directory."""
 
 
 class RetryConfig(_Section):
@@ -115,12 +118,12 @@ class IntegrationConfig(_Section):
             raise ValueError("a name starts with a letter or digit and has only letters, digits, '_', '.' and '-'")
         return value
 
-    def state_path(self, config_file: Path | None) -> Path:
-        import os
+    def locate_state(self, config_file: Path | None) -> StateLocation:
+        """Where this integration's state lives (``zetl.statehome`` states the rules)."""
+        from zetl.statehome import locate_state
 
-        if self.checkpoint.path:
-            p = Path(os.path.expanduser(self.checkpoint.path))
-            if not p.is_absolute() and config_file is not None:
-                p = config_file.parent / p
-            return p
-        return Path(os.environ.get("ZETL_HOME", ".zetl")) / "state.db"
+        return locate_state(self.name, self.checkpoint.path, config_file)
+
+    def state_path(self, config_file: Path | None) -> Path:
+        """The absolute path of this integration's state file."""
+        return self.locate_state(config_file).path
