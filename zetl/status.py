@@ -79,7 +79,11 @@ class StatusStore:
         )
 
     def load_all(self) -> list[IntegrationStatus]:
-        rows = self.db.connect().execute("SELECT details FROM status ORDER BY integration").fetchall()
+        """Every integration's last saved status ([] for a state file that holds none)."""
+        conn = self.db.connect()
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'status'").fetchone() is None:
+            return []
+        rows = conn.execute("SELECT details FROM status ORDER BY integration").fetchall()
         out = []
         for (details,) in rows:
             data = orjson.loads(details)
