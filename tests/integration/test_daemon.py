@@ -103,7 +103,9 @@ def test_one_failing_integration_does_not_stop_the_others(tmp_path: Path) -> Non
     assert proc.returncode == 1, "a failed integration makes the exit code 1"
     assert "simulated failure on write 1" in proc.stderr
     assert log_size(tmp_path / "out.db") == 60
-    status = orjson.loads(subprocess.run([sys.executable, "-m", "zetl.cli", "status", "--format", "json", "--state", str(tmp_path / "state.db")], capture_output=True, text=True, check=True).stdout)
+    status_proc = subprocess.run([sys.executable, "-m", "zetl.cli", "status", "--format", "json", "--state", str(tmp_path / "state.db")], capture_output=True, text=True)
+    assert status_proc.returncode == 1, "status exits 1 while an integration has failed"
+    status = orjson.loads(status_proc.stdout)
     assert {s["integration"]: s["state"] for s in status} == {"bad": "failed", "good": "stopped"}
 
 
