@@ -374,6 +374,7 @@ def reset(target: str, state: str | None, drop_source_state: bool, yes: bool) ->
         sys.exit(0 if not drop_source_state else 1)
     db = StateDB(path)
     lock = IntegrationLock(path.parent, name)
+    source = None
     try:
         lock.acquire()
     except IntegrationLockedError as exc:
@@ -392,7 +393,6 @@ def reset(target: str, state: str | None, drop_source_state: bool, yes: bool) ->
             plan.append(f"the schema history ({history} decision{'s' if history != 1 else ''})")
         if has_status:
             plan.append("the status")
-        source = None
         files: list[Path] = []
         if integration is not None:
             context = PluginContext(integration=name, tables=integration.config.tables.selection(), state_dir=path.parent / name, config_file=integration.file)
@@ -428,6 +428,8 @@ def reset(target: str, state: str | None, drop_source_state: bool, yes: bool) ->
         conn.execute("DELETE FROM status WHERE integration = ?", (name,))
         out.print(f"{name} reset; its next run starts over", markup=False)
     finally:
+        if source is not None:
+            source.close()
         lock.release()
         db.close()
 

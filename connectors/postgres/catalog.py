@@ -473,8 +473,51 @@ class Catalog:
         plugin, database, active, pid, confirmed, restart, wal_status = rows[0]
         return {"plugin": plugin, "database": database, "active": active, "active_pid": pid, "confirmed_flush_lsn": confirmed, "restart_lsn": restart, "wal_status": wal_status}
 
-    def drop_slot(self, name: str) -> None:
-        self._query("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active", (name,), f"dropping slot {name!r}")
+    def drop_slot(self, name: str) -> bool:
+        """Drop slot ``name`` unless a connection is using it; True when it was dropped."""
+        rows = self._query(
+            "SELECT pg_drop_replication_slot(slot_name)::text FROM pg_replication_slots WHERE slot_name = %s AND NOT active", (name,), f"dropping slot {name!r}"
+        )
+        return bool(rows)
+
+    def slot_holder(self, pid: int | None) -> tuple[str | None, str]:
+        """Who holds a slot in use: the application name of server process ``pid`` (zetl
+        connects as ``zetl:<integration>``; None when unknown) and a description for messages."""
+        if pid is None:
+            return None, "an unknown server process"
+        rows = self._query(
+            "SELECT application_name, client_addr::text, backend_start::text FROM pg_stat_activity WHERE pid = %s", (pid,), "reading who uses a slot"
+        )
+        if not rows:
+            return None, f"server process {pid}"
+        application, address, since = rows[0]
+        where = f" from {address}" if address else ""
+        when = f" since {since}" if since else ""
+        return (application or None), f"server process {pid} (application {application or 'unnamed'!r}{where}{when})"
+
+    def system_identifier(self) -> str | None:
+        """The cluster's system identifier (``pg_control_system()``); None when this role may
+        not call it (then ``IDENTIFY_SYSTEM`` on a replication connection tells)."""
+        psycopg = _psycopg()
+        try:
+            rows = self.conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchall()
+        except psycopg.errors.InsufficientPrivilege:
+            return None
+        except psycopg.Error as exc:
+            raise driver_error(exc, "reading the server's system identifier", self.config) from None
+        return str(rows[0][0])
+
+    def drop_publication(self, name: str) -> bool:
+        """Drop publication ``name``; False when it did not exist."""
+        from psycopg import sql
+
+        if self.publication(name) is None:
+            return False
+        try:
+            self.conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+        except _psycopg().Error as exc:
+            raise driver_error(exc, f"dropping publication {name!r}", self.config) from None
+        return True
 
     def slot_lag_bytes(self, name: str) -> int | None:
         rows = self._query(

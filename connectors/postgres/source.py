@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 import time
 from typing import TYPE_CHECKING, Any, ClassVar, Generator, Iterator
 
@@ -16,7 +17,8 @@ from .catalog import Catalog, OnlyTables, TableInfo, connect, driver_error
 from .columnstate import ColumnState, TableShape, renames_since, shape_of
 from .config import PostgresConfig, default_slot_name
 from .drops import DropWatch, PendingDrop, gone_tables
-from .position import PostgresPosition, format_lsn
+from .ownership import ServerIdentity, SlotOwnership, Verdict, judge_slot
+from .position import PostgresPosition, format_lsn, parse_lsn
 from .renames import CatalogColumn, renamed_schema, with_renames
 from .snapshot import ChunkReader
 from .stream import ReplicationStream
@@ -140,6 +142,10 @@ class PostgresSource(Source[PostgresConfig]):
         self._dropped_while_stopped: list[PendingDrop] = []
         self._held_back: set[TableId] = set()  # created again under a dropped table's name: joins after the drop
         self._rejoin = False  # a drop was handed out: search for new tables at the next batch
+        # what this integration created on the server (see ``ownership``)
+        self._ownership: SlotOwnership | None = None
+        self._identity: ServerIdentity | None = None
+        self._confirm_record_failed = False
 
     # -- lifecycle -------------------------------------------------------------------------
     @property
@@ -164,7 +170,7 @@ class PostgresSource(Source[PostgresConfig]):
                 # With a slot, the checkpoint may be a stream position: a table missing from the
                 # publication must then join it with a copy of its rows (read() decides).
                 fresh = self._catalog.slot(self.slot_name) is None
-                self._catalog.ensure_publication(self.publication_name, self._tables, add_missing=fresh)
+                self._ensure_publication(add_missing=fresh)
             self._find_renamed_while_stopped()
             if not self.context.read_only:
                 self._find_dropped_while_stopped()
@@ -282,25 +288,35 @@ class PostgresSource(Source[PostgresConfig]):
         self._dropped_while_stopped = []
         if start is None or start.in_snapshot:
             with self._catalog_lock:
-                catalog.ensure_publication(self.publication_name, self._tables)
+                self._ensure_publication(add_missing=True)
+        ownership = self._load_ownership()
         if start is None:
             existing = catalog.slot(self.slot_name)
             if existing is not None:
                 if existing["active"]:
-                    raise SourceConnectionError(f"replication slot {self.slot_name!r} is in use by server process {existing['active_pid']}; retrying")
+                    raise SourceConnectionError(f"replication slot {self.slot_name!r} is in use by {self._holder(existing)}; retrying")
+                self._judge(existing, None)
                 if self.config.snapshot == "never" and existing["confirmed_flush_lsn"]:
-                    self.log.info("reusing replication slot %s", self.slot_name)
+                    self.log.info("reusing replication slot %s (%s)", self.slot_name, ownership.describe_slot())
                     yield from self._stream_from(None, announced)
                     return
-                self.log.warning("dropping replication slot %s left by an earlier run that never checkpointed; starting over", self.slot_name)
+                self.log.warning(
+                    "dropping replication slot %s, which this integration created (%s) but never checkpointed; starting over",
+                    self.slot_name,
+                    ownership.describe_slot(),
+                )
                 catalog.drop_slot(self.slot_name)
+                ownership.forget_slot()
             stream = self._open_stream()
+            ownership.record_creating(self._server_identity())
             if self.config.snapshot == "never":
                 lsn, _ = stream.create_slot(export_snapshot=False)
+                ownership.record_created(lsn)
                 yield Batch(end_position=PostgresPosition.stream(lsn))
                 yield from self._stream_from(lsn, announced)
                 return
             lsn, snapshot_name = stream.create_slot(export_snapshot=True)
+            ownership.record_created(lsn)
             yield from self._snapshot(PostgresPosition("snapshot", lsn), snapshot_name, announced)
             yield from self._stream_from(lsn, announced)
             return
@@ -312,6 +328,9 @@ class PostgresSource(Source[PostgresConfig]):
                 f"To copy the tables again, drop the slot if it is still there, delete this integration's checkpoint "
                 f"(zetl reset {self.context.integration}) and restart; set `slot_name` if the slot was renamed."
             )
+        if slot["active"]:
+            raise SourceConnectionError(f"replication slot {self.slot_name!r} is in use by {self._holder(slot)}; retrying")
+        self._judge(slot, start.lsn)
         if start.in_snapshot:
             self.log.info("resuming the snapshot at %s with a new transaction snapshot; the stream then replays from %s", start, format_lsn(start.lsn))
             yield from self._snapshot(start, None, announced)
@@ -391,8 +410,188 @@ class PostgresSource(Source[PostgresConfig]):
             spill_dir=self.context.state_dir,
             attnums={t.table: dict(t.attnums) for t in self._tables if t.table not in self._held_back},
             columns_now=self._columns_now,
+            before_confirm=self._before_confirm if self._ownership is not None else None,
+            confirmed=self._ownership.confirmed if self._ownership is not None else 0,
         )
         return self._stream
+
+    # -- ownership of the slot and publication (see ``ownership``) ---------------------------
+    def _load_ownership(self) -> SlotOwnership:
+        if self._ownership is None:
+            self._ownership = SlotOwnership(self.context.state_dir, self.slot_name).load()
+        return self._ownership
+
+    def _server_identity(self) -> ServerIdentity:
+        """The connected cluster and database; ``IDENTIFY_SYSTEM`` on a replication
+        connection when this role may not call ``pg_control_system()``."""
+        if self._identity is None:
+            assert self._catalog is not None
+            system_id = self._catalog.system_identifier()
+            if system_id is None:
+                stream = self._stream if self._stream is not None and not self._stream.closed else self._open_stream()
+                system_id, _ = stream.identify_system()
+            self._identity = ServerIdentity(system_id, self.config.database)
+        return self._identity
+
+    def _ensure_publication(self, *, add_missing: bool) -> None:
+        """Create or align the publication, recording it before creating it."""
+        assert self._catalog is not None
+        if self._catalog.publication(self.publication_name) is None:
+            self._load_ownership().record_publication(self._server_identity(), self.publication_name)
+        self._catalog.ensure_publication(self.publication_name, self._tables, add_missing=add_missing)
+
+    def _holder(self, slot: dict[str, Any]) -> str:
+        assert self._catalog is not None
+        _, described = self._catalog.slot_holder(slot.get("active_pid"))
+        return described
+
+    def _judge(self, slot: dict[str, Any], checkpoint: int | None) -> Verdict:
+        """Use an existing, inactive slot only when it is provably this integration's and
+        nothing this integration lacks was consumed from it; else ``NeedsAttentionError``."""
+        ownership = self._load_ownership()
+        identity = self._server_identity()
+        confirmed = parse_lsn(slot["confirmed_flush_lsn"]) if slot.get("confirmed_flush_lsn") else 0
+        where = identity.describe(self.config.host, self.config.port)
+        name = self.slot_name
+        integration = self.context.integration
+        drop_hint = f"SELECT pg_drop_replication_slot('{name}')"
+        if ownership.exists and not ownership.is_for(identity) and checkpoint is not None:
+            assert ownership.identity is not None
+            raise NeedsAttentionError(
+                f"this integration's checkpoint was taken on another server (system identifier {ownership.identity.system_identifier}, "
+                f"database {ownership.identity.database!r}), but it now connects to {where}: its position means nothing here. "
+                f"If the server was replaced on purpose, start over with 'zetl reset {integration}'; otherwise fix the connection settings."
+            )
+        verdict = judge_slot(ownership, identity, slot.get("database") or "", confirmed, checkpoint)
+        if verdict is Verdict.OWNED:
+            return verdict
+        if verdict is Verdict.ADOPT:
+            self.log.info(
+                "replication slot %s has no ownership record (made by an earlier zetl); it is not past the checkpoint (%s), so it is adopted",
+                name,
+                format_lsn(checkpoint or 0),
+            )
+            ownership.record_adopted(identity, confirmed)
+            return verdict
+        if verdict is Verdict.UNPROVEN:
+            # A state written before ownership records existed: earlier versions let an idle slot
+            # follow the WAL end without a record, so a slot past the checkpoint is what they
+            # normally left. Refusing would strand every upgraded integration; say what cannot
+            # be proven and how to check it.
+            self.log.warning(
+                "replication slot %s has no ownership record (made by an earlier zetl) and was confirmed up to %s, past the checkpoint %s: "
+                "an earlier zetl does this while idle, and so would another consumer. It is adopted; if anything else may have read "
+                "from it, run 'zetl drift' to compare the target with the source",
+                name,
+                format_lsn(confirmed),
+                format_lsn(checkpoint or 0),
+            )
+            ownership.record_adopted(identity, confirmed)
+            return verdict
+        state = self.context.state_dir
+        if verdict is Verdict.OTHER_DATABASE:
+            message = (
+                f"replication slot {name!r} belongs to database {slot.get('database')!r}, not {self.config.database!r}: slot names are shared by "
+                f"the whole cluster. Set `slot_name` to another name for this integration."
+            )
+        elif verdict is Verdict.NOT_RECORDED:
+            message = (
+                f"replication slot {name!r} exists on {where}, but this integration's state ({state}) has no record of creating it: "
+                f"another zetl state (another ZETL_HOME or checkpoint path, e.g. a run from another directory) or another program owns it, "
+                f"and zetl never takes over a slot it cannot prove is its own. Run the integration with the state that created the slot, "
+                f"or set `slot_name` to another name; if nothing needs the slot any more, drop it ({drop_hint}) and restart."
+            )
+        else:  # CONSUMED_ELSEWHERE
+            own = ownership.describe_slot() if ownership.holds_slot else "no record of confirming anything on it"
+            checkpointed = format_lsn(checkpoint) if checkpoint is not None else "none"
+            message = (
+                f"replication slot {name!r} on {where} was confirmed up to {format_lsn(confirmed)}, past this integration's checkpoint "
+                f"({checkpointed}; {own}): another consumer (another zetl state, pg_recvlogical, a subscriber) read changes from it, and "
+                f"those changes never reached this integration's target. To copy the tables again: stop the other consumer, then "
+                f"'zetl reset --drop-source-state {integration}' (or {drop_hint} and 'zetl reset {integration}') and restart."
+            )
+        raise NeedsAttentionError(message)
+
+    def _before_confirm(self, lsn: int) -> int:
+        """Record ``lsn`` as confirmed by this integration before the slot hears of it; what may
+        be confirmed (the previous record when the state cannot be written: WAL is then
+        retained a little longer, nothing is lost)."""
+        assert self._ownership is not None
+        try:
+            self._ownership.record_confirmed(lsn)
+        except OSError as exc:
+            if not self._confirm_record_failed:
+                self.log.warning("cannot record the confirmed position of slot %s in %s (%s); the slot keeps WAL until it can", self.slot_name, self._ownership.path, exc)
+            self._confirm_record_failed = True
+            return self._ownership.confirmed
+        if self._confirm_record_failed:
+            self.log.info("the confirmed position of slot %s is recorded again", self.slot_name)
+        self._confirm_record_failed = False
+        return lsn
+
+    def local_state_files(self) -> list[Path]:
+        """The column state (renames and drops are judged against it). The ownership record
+        stays: the slot and publication it lists still exist until ``drop_source_state``."""
+        path = ColumnState(self.context.state_dir, self.slot_name).path
+        return [path] if path.exists() else []
+
+    def _owned_on_server(self) -> tuple[SlotOwnership, dict[str, Any] | None, list[str]]:
+        """Connect; the record, the slot when it is provably ours, the recorded publications
+        that exist."""
+        ownership = SlotOwnership(self.context.state_dir, self.slot_name).load()
+        if not ownership.exists:
+            return ownership, None, []
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.config, application=f"zetl:{self.context.integration}")
+            self._catalog = Catalog(self._conn, self.config)
+        assert self._catalog is not None
+        identity = self._server_identity()
+        if not ownership.is_for(identity):
+            self.log.warning("the ownership record %s is of another server; nothing is removed on %s", ownership.path, identity.describe(self.config.host, self.config.port))
+            return ownership, None, []
+        slot = self._catalog.slot(self.slot_name) if ownership.holds_slot else None
+        if slot is not None:
+            confirmed = parse_lsn(slot["confirmed_flush_lsn"]) if slot.get("confirmed_flush_lsn") else 0
+            verdict = judge_slot(ownership, identity, slot.get("database") or "", confirmed, None)
+            if verdict is not Verdict.OWNED:
+                self.log.warning(
+                    "replication slot %s was confirmed past what this integration recorded (%s): someone else uses it, so it is left in place",
+                    self.slot_name,
+                    ownership.describe_slot(),
+                )
+                slot = None
+        publications = [p for p in ownership.publications if self._catalog.publication(p) is not None]
+        return ownership, slot, publications
+
+    def source_state(self) -> list[str]:
+        """The slot and publications this integration recorded creating and that still exist."""
+        _, slot, publications = self._owned_on_server()
+        where = f"{self.config.host}:{self.config.port}/{self.config.database}"
+        lines = []
+        if slot is not None:
+            active = f", in use by {self._holder(slot)}" if slot["active"] else ""
+            lines.append(f"replication slot {self.slot_name!r} on {where} (confirmed up to {slot['confirmed_flush_lsn'] or 'nothing'}{active})")
+        lines += [f"publication {p!r} on {where}" for p in publications]
+        return lines
+
+    def drop_source_state(self) -> list[str]:
+        """Drop the recorded slot (refused while in use) and publications; idempotent."""
+        ownership, slot, publications = self._owned_on_server()
+        assert self._catalog is not None or (slot is None and not publications)
+        removed = []
+        if slot is not None:
+            if slot["active"]:
+                raise SourceError(f"replication slot {self.slot_name!r} is in use by {self._holder(slot)}: stop that consumer first", retryable=False)
+            if self._catalog is not None and self._catalog.drop_slot(self.slot_name):
+                removed.append(f"replication slot {self.slot_name!r}")
+        if ownership.holds_slot and (self._catalog is None or self._catalog.slot(self.slot_name) is None):
+            ownership.forget_slot()
+        for name in publications:
+            assert self._catalog is not None
+            if self._catalog.drop_publication(name):
+                removed.append(f"publication {name!r}")
+            ownership.forget_publication(name)
+        return removed
 
     def _stream_from(self, lsn: int | None, announced: set[TableId]) -> Iterator[Batch]:
         """Stream changes after ``lsn`` (None: from the slot's confirmed position)."""

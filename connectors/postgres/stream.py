@@ -12,7 +12,8 @@ Guarantees:
       the last confirmed transaction).
     * The flush LSN sent to the server never exceeds the last position passed to ``ack``, except
       when every delivered change is acknowledged: then it follows the server's WAL end, so that an
-      idle slot does not retain WAL.
+      idle slot does not retain WAL. Either way it is recorded (``before_confirm``) before it is
+      sent, so the slot can be confirmed past that record only by another consumer.
     * A schema change (a Relation message with a new shape) leads the batch holding the first rows
       of the new shape.
     * With protocol version 2 (``stream_in_progress``) a large transaction arrives in blocks while
@@ -100,6 +101,8 @@ class ReplicationStream:
         spill_bytes: int | None = None,
         attnums: dict[TableId, dict[str, int]] | None = None,
         columns_now: Callable[[int], dict[int, CatalogColumn] | None] | None = None,
+        before_confirm: Callable[[int], int] | None = None,
+        confirmed: int = 0,
     ) -> None:
         self.conn = conn
         self.pgconn = conn.pgconn
@@ -130,6 +133,10 @@ class ReplicationStream:
         self.spill_bytes = spill_bytes if spill_bytes is not None else streamed_buffer.SPILL_BYTES
         self.streaming = False  # protocol version 2 with in-progress transactions streamed
         self.streamed: dict[int, StreamedTransaction] = {}  # open streamed transactions by xid
+        # Called with a flush LSN before a status update would confirm past ``confirmable``; it
+        # records the LSN durably and returns what may be confirmed (less when it could not).
+        self.before_confirm = before_confirm
+        self.confirmable = confirmed
 
     # -- replication commands --------------------------------------------------------------
     def _command(self, command: str, doing: str) -> list[tuple[Any, ...]]:
@@ -148,6 +155,12 @@ class ReplicationStream:
         for r in range(result.ntuples):
             rows.append(tuple((result.get_value(r, c) or b"").decode() for c in range(result.nfields)))
         return rows
+
+    def identify_system(self) -> tuple[str, str]:
+        """``IDENTIFY_SYSTEM``: the cluster's system identifier and the connected database."""
+        rows = self._command("IDENTIFY_SYSTEM", "identifying the server")
+        system_id, _timeline, _xlogpos, database = rows[0]
+        return system_id, database
 
     def create_slot(self, *, export_snapshot: bool) -> tuple[int, str | None]:
         """Create the logical slot; returns (consistent point LSN, exported snapshot name or None).
@@ -225,8 +238,18 @@ class ReplicationStream:
         return acked
 
     def _feedback(self, reply_requested: bool) -> None:
-        """Send a standby status update (caller holds ``io_lock``)."""
+        """Send a standby status update (caller holds ``io_lock``).
+
+        A flush LSN past the acknowledged position (an idle slot following the WAL end) is sent
+        only once ``before_confirm`` accepted it: the source records it before the server hears
+        of it. Acknowledged positions need no record: they are checkpointed before ``ack``."""
         flush = self.flush_lsn()
+        if self.before_confirm is not None and flush > self.acked_lsn:
+            # past every acknowledged (checkpointed) position: the idle slot follows the WAL end,
+            # and only a durable record of it tells a later run that this confirm was its own
+            if flush > self.confirmable:
+                self.confirmable = max(self.confirmable, self.before_confirm(flush))
+            flush = max(self.acked_lsn, min(flush, self.confirmable))
         if not reply_requested and flush == self.flushed_sent and time.monotonic() - self.last_feedback < FEEDBACK_INTERVAL:
             return
         written = max(self.received_lsn, flush)
