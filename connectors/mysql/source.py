@@ -6,6 +6,7 @@ import gc
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 from zetl_connectors.mysql.catalog import read_schemas
@@ -17,7 +18,7 @@ from zetl_connectors.mysql.connection import (
     pymysql,
 )
 from zetl_connectors.mysql.history import SchemaHistoryFile
-from zetl_connectors.mysql.position import MySQLPosition, SnapshotProgress
+from zetl_connectors.mysql.position import MySQLPosition, SnapshotProgress, binlog_index
 from zetl_connectors.mysql.prefetch import prefetching_connection_class
 from zetl_connectors.mysql.preflight import ServerInfo, check_settings, server_info
 from zetl_connectors.mysql.rowdecode import RowDecoder
@@ -218,6 +219,7 @@ class MySQLSource(Source[MySQLConfig]):
         if start is None and mode == "never":
             start = current_position(self._ctl(), self.mariadb)
             self.log.info("snapshot: never; streaming from %s", start)
+        self._check_same_server(start)
         if start is not None and not start.in_snapshot and self._purged(start):
             if mode != "when_needed":
                 raise _BinlogGone(self._purged_message(start))
@@ -304,6 +306,69 @@ class MySQLSource(Source[MySQLConfig]):
     # -- streaming ------------------------------------------------------------------------
     def _history(self) -> SchemaHistoryFile:
         return SchemaHistoryFile(self.context.state_dir / "mysql-schema-history.jsonl", self.log)
+
+    def _server_record_path(self) -> Path:
+        return self.context.state_dir / "mysql-server.json"
+
+    def local_state_files(self) -> list[Path]:
+        """The schema history (DDL is replayed against it) and the record of the server the
+        checkpoint was taken on."""
+        return [p for p in (self._history().path, self._server_record_path()) if p.exists()]
+
+    def _check_same_server(self, start: MySQLPosition | None) -> None:
+        """Refuse a checkpoint that cannot be of this server; record the server otherwise.
+
+        A binlog coordinate means something only on the server that wrote it: a state copied
+        from elsewhere, a server replaced under the same address or rebuilt from a backup would
+        otherwise resume at an unrelated place and silently skip or repeat changes. Checked:
+        the server's ``server_uuid`` (MySQL; MariaDB has none) against the one recorded with
+        the checkpoint, and the coordinate against the binlogs the server has (a file newer
+        than its newest, or an offset past a file's end, was written by another server).
+        """
+        from zetl.durable import read_json, write_json
+
+        with self._ctl().cursor() as cur:
+            uuid: str | None = None
+            if not self.mariadb:
+                cur.execute("SELECT @@global.server_uuid")
+                uuid = str(cur.fetchone()[0])
+            cur.execute("SHOW BINARY LOGS")
+            logs = [(str(r[0]), int(r[1])) for r in cur.fetchall()]
+        path = self._server_record_path()
+        where = f"MySQL {self.config.host}:{self.config.port}"
+        advice = (
+            f"If the server was replaced or restored on purpose, copy the tables again with 'zetl reset {self.context.integration}'; "
+            "otherwise check the connection settings (host, port) and which state file this integration uses (zetl status shows it)."
+        )
+        try:
+            recorded = read_json(path) if start is not None else None
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"cannot read {path}: {exc}; restore it or run 'zetl reset {self.context.integration}'", retryable=False) from None
+        if start is not None:
+            if recorded is not None and uuid is not None and recorded.get("server_uuid") not in (None, uuid):
+                raise NeedsAttentionError(
+                    f"this integration's checkpoint ({start}) was taken on the server with server_uuid {recorded['server_uuid']}, "
+                    f"but {where} is server_uuid {uuid}: the binlog coordinate means nothing here. {advice}"
+                )
+            if logs:
+                sizes = dict(logs)
+                newest = logs[-1][0]
+                try:
+                    ahead = binlog_index(start.file) > binlog_index(newest)
+                except ValueError:
+                    ahead = False
+                if ahead or (start.file in sizes and start.pos > sizes[start.file]):
+                    what = f"after the newest binlog {newest}" if ahead else f"past the end of {start.file} ({sizes[start.file]} bytes)"
+                    raise NeedsAttentionError(
+                        f"this integration's checkpoint ({start}) is {what} on {where}: it was taken on another server "
+                        f"(or this one lost binlogs it had written). {advice}"
+                    )
+            if recorded is not None:
+                return
+        try:
+            write_json(path, {"server_uuid": uuid, "host": self.config.host, "port": self.config.port})
+        except OSError as exc:
+            raise SourceError(f"cannot write {path}: {exc}", retryable=True) from None
 
     def _purged(self, position: MySQLPosition) -> bool:
         with self._ctl().cursor() as cur:
