@@ -141,3 +141,63 @@ def test_a_checkpoint_past_the_servers_binlog_is_refused(setup: Setup) -> None:
     assert "after the newest binlog" in proc.stderr and "taken on another server" in proc.stderr, proc.stderr
     assert f"zetl reset {setup.name}" in proc.stderr
     assert setup.status()["state"] == "needs_attention"
+
+
+def _start(setup: Setup) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "zetl.cli", "run", str(setup.yaml)], env=setup.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def test_two_daemons_started_at_once_one_runs(setup: Setup) -> None:
+    """Reproduction 2: both used to read the binlog and write the same tables at once."""
+    first, second = _start(setup), _start(setup)
+    try:
+        wait_until(lambda: first.poll() is not None or second.poll() is not None, 60, "one of the two daemons to exit")
+        refused, running = (first, second) if first.poll() is not None else (second, first)
+        output = refused.communicate(timeout=10)[0]
+        assert refused.returncode == 1, output
+        assert f"integration '{setup.name}' is already running (process {running.pid}" in output, output
+        wait_until(lambda: set(setup.target()) == {1, 2, 3, 4, 5}, 60, "the running daemon copies the table")
+        assert running.poll() is None
+        assert setup.status()["pid"] == running.pid, "the refused daemon did not overwrite the status"
+    finally:
+        for proc in (first, second):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+    assert running.wait(timeout=60) == 0
+
+
+def test_a_graceful_stop_under_load_exits_0_every_time(setup: Setup) -> None:
+    """Reproduction 4: a SIGTERM while the binlog streams used to end, now and then, in
+    ``Fatal Python error: _enter_buffered_busy`` and exit code -6."""
+    import threading
+
+    stop = threading.Event()
+
+    def writer() -> None:
+        conn = pymysql.connect(host="127.0.0.1", port=setup.server.port, user="zetl", password="zetl", database=setup.database, autocommit=True)
+        i = 100
+        with conn.cursor() as cur:
+            while not stop.is_set():
+                cur.execute("INSERT INTO items VALUES (%s, 'load')", (i,))
+                i += 1
+        conn.close()
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        for round_ in range(3):
+            proc = _start(setup)
+            wait_until(
+                lambda: proc.poll() is not None or ((s := setup.status()).get("pid") == proc.pid and s.get("state") == "streaming" and (s.get("rows_written") or 0) > 20),
+                60,
+                f"round {round_}: this daemon streams under load",
+            )
+            assert proc.poll() is None, proc.communicate()[0]
+            proc.send_signal(signal.SIGTERM)
+            output = proc.communicate(timeout=60)[0]
+            assert proc.returncode == 0 and "Fatal Python error" not in output, output
+    finally:
+        stop.set()
+        thread.join(30)
