@@ -109,7 +109,7 @@ class IcebergConfig(SinkConfig):
     def options_for(self, table: object) -> IcebergTableOptions:
         """The per-table options of ``table`` merged over the sink-wide ones."""
         for pattern, options in self.tables.items():
-            if compile_pattern(pattern).matches(str(table)):
+            if compile_pattern(pattern).matches(table):
                 return IcebergTableOptions(
                     table_name=options.table_name or self.table_name,
                     partition_by=options.partition_by or self.partition_by,
