@@ -34,21 +34,78 @@ __all__ = [
 class TableId:
     """A table's identity: ``namespace`` (schema or database, may be empty) and ``name``.
 
-    ``str()`` is ``namespace.name`` (or ``name`` when there is no namespace). Names are kept exactly
-    as the source spells them; no quoting or case folding happens here.
+    ``str()`` is ``namespace.name`` (or ``name`` when there is no namespace). A part that holds a
+    dot or a double quote is written double-quoted, with its quotes doubled (``"we.ird"."t.x"``),
+    so that every table has one rendering and ``parse(str(t)) == t``; plain names are written as
+    they are. Names themselves are kept exactly as the source spells them; no case folding here.
     """
 
     namespace: str
     name: str
 
     def __str__(self) -> str:
+        name = _render_part(self.name)
+        return f"{_render_part(self.namespace)}.{name}" if self.namespace else name
+
+    @property
+    def unquoted(self) -> str:
+        """``namespace.name`` without any quoting: how ``str()`` read before quoting existed, and
+        how users write table patterns. Ambiguous when a part holds a dot, so it is only matched
+        against (table patterns, names recorded by earlier versions), never parsed back."""
         return f"{self.namespace}.{self.name}" if self.namespace else self.name
 
     @classmethod
     def parse(cls, text: str) -> TableId:
-        """``"shop.orders"`` -> ``TableId("shop", "orders")``; the last dot separates the name."""
-        namespace, dot, name = text.rpartition(".")
-        return cls(namespace if dot else "", name)
+        """``"shop.orders"`` -> ``TableId("shop", "orders")``; ``'"we.ird"."t.x"'`` ->
+        ``TableId("we.ird", "t.x")``. Without quotes the last dot separates the name (so
+        ``db.schema.t`` is ``TableId("db.schema", "t")``, as written before quoting existed).
+        Raises ValueError for an unclosed quote."""
+        if '"' not in text:
+            namespace, dot, name = text.rpartition(".")
+            return cls(namespace if dot else "", name)
+        parts = _split_parts(text)
+        if len(parts) == 1:
+            return cls("", parts[0])
+        return cls(".".join(parts[:-1]), parts[-1])
+
+
+def _render_part(part: str) -> str:
+    if "." in part or '"' in part:
+        return '"' + part.replace('"', '""') + '"'
+    return part
+
+
+def _split_parts(text: str) -> list[str]:
+    """Dot-separated parts of ``text``; a part that starts with ``"`` is quoted (``""`` inside
+    stands for one quote), any other part runs to the next dot."""
+    parts: list[str] = []
+    i = 0
+    while True:
+        if i < len(text) and text[i] == '"':
+            chars: list[str] = []
+            i += 1
+            while True:
+                end = text.find('"', i)
+                if end < 0:
+                    raise ValueError(f"cannot read table name {text!r}: a quoted part is not closed")
+                chars.append(text[i:end])
+                if text.startswith('""', end):
+                    chars.append('"')
+                    i = end + 2
+                    continue
+                i = end + 1
+                break
+            parts.append("".join(chars))
+            if i < len(text) and text[i] != ".":
+                raise ValueError(f"cannot read table name {text!r}: a quoted part must be followed by '.' or the end")
+        else:
+            end = text.find(".", i)
+            end = len(text) if end < 0 else end
+            parts.append(text[i:end])
+            i = end
+        if i >= len(text):
+            return parts
+        i += 1  # the dot
 
 
 class Op(str, Enum):

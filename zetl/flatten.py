@@ -77,7 +77,7 @@ class FlattenConfig(FlattenTableConfig):
 
     def for_table(self, table: object) -> FlattenTableConfig:
         for pattern, config in self.tables.items():
-            if compile_pattern(pattern).matches(str(table)):
+            if compile_pattern(pattern).matches(table):
                 return config
         return FlattenTableConfig(unnest=self.unnest, columns=self.columns)
 

@@ -22,8 +22,12 @@ class TablePattern:
     text: str
     regex: re.Pattern[str]
 
-    def matches(self, table: TableId | str) -> bool:
-        return self.regex.fullmatch(str(table)) is not None
+    def matches(self, table: TableId | str | object) -> bool:
+        """Whether the pattern matches ``str(table)`` or, for a ``TableId`` whose parts hold a
+        dot or a quote, its unquoted form (``public.t.x`` still selects table ``t.x``)."""
+        if self.regex.fullmatch(str(table)) is not None:
+            return True
+        return isinstance(table, TableId) and self.regex.fullmatch(table.unquoted) is not None
 
 
 def compile_pattern(text: str) -> TablePattern:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from zetl.config.types import Duration
+from zetl.names import URI_PATH_NAMES, check_template_text
 from zetl.sink import SinkConfig
 from zetl.tables import compile_pattern
 
@@ -49,7 +50,7 @@ def _check_template(value: str) -> str:
     unknown = [n for n in names if n not in TABLE_NAME_PLACEHOLDERS]
     if unknown:
         raise ValueError(f"unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; use {', '.join('{' + p + '}' for p in TABLE_NAME_PLACEHOLDERS)}")
-    return value
+    return check_template_text(value, URI_PATH_NAMES)
 
 
 class IcebergConfig(SinkConfig):
@@ -108,7 +109,7 @@ class IcebergConfig(SinkConfig):
     def options_for(self, table: object) -> IcebergTableOptions:
         """The per-table options of ``table`` merged over the sink-wide ones."""
         for pattern, options in self.tables.items():
-            if compile_pattern(pattern).matches(str(table)):
+            if compile_pattern(pattern).matches(table):
                 return IcebergTableOptions(
                     table_name=options.table_name or self.table_name,
                     partition_by=options.partition_by or self.partition_by,

@@ -4,7 +4,9 @@ Every commit zetl makes to a table carries, in its snapshot summary:
 
 * ``zetl.integration``: the integration's name;
 * ``zetl.position``: the source position (``Position.to_json``) up to which the table is complete;
-* ``zetl.commit-tables``: the Iceberg tables of the same commit round (JSON list).
+* ``zetl.commit-tables``: the Iceberg tables of the same commit round (JSON list);
+* ``zetl.writer-epoch``: the writer epoch of the run that committed (``Sink.stored_epoch``), so
+  that a run that was paused while a newer one took over cannot commit after it.
 
 Iceberg has no multi-table transaction, so a commit round writes its tables one after the other.
 If the process dies in between, some tables hold the new position and the others the previous one.
@@ -22,11 +24,12 @@ import orjson
 
 from zetl.events import Position
 
-__all__ = ["INTEGRATION_KEY", "POSITION_KEY", "TABLES_KEY", "TableMark", "read_mark", "resume_position", "summary_properties"]
+__all__ = ["EPOCH_KEY", "INTEGRATION_KEY", "POSITION_KEY", "TABLES_KEY", "TableMark", "newest_epoch", "read_mark", "resume_position", "summary_properties"]
 
 INTEGRATION_KEY = "zetl.integration"
 POSITION_KEY = "zetl.position"
 TABLES_KEY = "zetl.commit-tables"
+EPOCH_KEY = "zetl.writer-epoch"
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,33 @@ class TableMark:
     snapshot_id: int | None
 
 
-def summary_properties(integration: str, position: Position | None, commit_tables: Iterable[str]) -> dict[str, str]:
+def summary_properties(integration: str, position: Position | None, commit_tables: Iterable[str], epoch: int = 0) -> dict[str, str]:
+    """The summary of one commit (``epoch`` 0: a caller outside fencing, nothing recorded)."""
     props = {INTEGRATION_KEY: integration, TABLES_KEY: orjson.dumps(sorted(commit_tables)).decode()}
     if position is not None:
         props[POSITION_KEY] = orjson.dumps(position.to_json()).decode()
+    if epoch > 0:
+        props[EPOCH_KEY] = str(epoch)
     return props
+
+
+def newest_epoch(iceberg_table: Any, integration: str) -> int | None:
+    """The greatest writer epoch ``integration`` recorded in the snapshots the table's metadata
+    still lists (None: none). Every snapshot, not only the current one's ancestors: a rollback
+    does not make an epoch that once wrote forgotten."""
+    newest: int | None = None
+    for snapshot in iceberg_table.metadata.snapshots:
+        props = _summary(snapshot)
+        text = props.get(EPOCH_KEY)
+        if text is None or props.get(INTEGRATION_KEY) != integration:
+            continue
+        try:
+            epoch = int(text)
+        except ValueError:
+            continue  # not written by zetl
+        if newest is None or epoch > newest:
+            newest = epoch
+    return newest
 
 
 def _summary(snapshot: Any) -> Mapping[str, str]:

@@ -35,6 +35,14 @@ table property ``zetl.column-types`` so that ``current_schema`` reports them as 
 Exactly once: every snapshot carries the integration name and the source position in its summary
 (see ``positions``); ``stored_position`` reads them back and each table ignores replayed changes at
 or before its own stored position. Tables are written only by zetl (no delete files expected).
+
+Fencing: every snapshot also carries the run's ``context.writer_epoch``; ``stored_epoch`` is the
+greatest over the integration's tables. A commit is built on the table metadata it checked (no
+newer epoch in it), and the catalog accepts a commit only when that metadata is still the table's
+current one (pyiceberg's optimistic commit), so check and commit are one atomic step: a commit
+refused because the table moved on is checked again on the fresh metadata, and a newer epoch
+there raises ``WriterFencedError`` (nothing committed). Schema changes check the fresh metadata
+just before they apply. Epoch 0 (library use) records and checks nothing.
 """
 
 from __future__ import annotations
@@ -50,8 +58,9 @@ from typing import Any, Iterable
 
 import orjson
 
-from zetl.errors import SchemaError, SinkConnectionError, SinkError
+from zetl.errors import SchemaError, SinkConnectionError, SinkError, WriterFencedError
 from zetl.events import Batch, ChangeEvent, Op, Position, RowChunk, TableId
+from zetl.names import URI_PATH_NAMES, safe_name, unsafe_reason
 from zetl.plugin import PluginContext, require
 from zetl.schema.changes import AddColumn, AlterColumnType, CreateTable, DropColumn, DropTable, MakeColumnNullable, RenameColumn, SchemaChange
 from zetl.schema.types import DataType, Field, Schema, TypeKind
@@ -59,7 +68,7 @@ from zetl.sink import Sink, SinkCapabilities
 
 from zetl_sinks.iceberg.buffer import TableBuffer
 from zetl_sinks.iceberg.config import PARTITION_TRANSFORM, IcebergConfig
-from zetl_sinks.iceberg.positions import INTEGRATION_KEY, TableMark, read_mark, resume_position, summary_properties
+from zetl_sinks.iceberg.positions import INTEGRATION_KEY, TableMark, newest_epoch, read_mark, resume_position, summary_properties
 from zetl_sinks.iceberg.typemap import from_iceberg, same_storage, to_iceberg
 
 __all__ = ["IcebergSink"]
@@ -163,10 +172,20 @@ class IcebergSink(Sink[IcebergConfig]):
 
     # -- naming -------------------------------------------------------------------------------
     def table_identifier(self, table: TableId) -> tuple[str, ...]:
-        """The Iceberg identifier (namespace..., name) of a source table."""
+        """The Iceberg identifier (namespace..., name) of a source table.
+
+        The table name becomes a directory of the warehouse (the table's location), so the
+        source's schema and table names go through ``zetl.names.safe_name`` (URI path rules)
+        before they fill the template: no path separator, ``..``, control character, ``%``,
+        ``?`` or ``#`` reaches the location. Names without those map exactly as before."""
         template = self.config.options_for(table).table_name or self.config.table_name
-        name = template.format(schema=table.namespace, namespace=table.namespace, table=table.name, integration=self.context.integration).strip("_")
-        return (*self._namespace, name or table.name)
+        schema = safe_name(table.namespace, URI_PATH_NAMES) if table.namespace else ""
+        name_part = safe_name(table.name, URI_PATH_NAMES)
+        name = template.format(schema=schema, namespace=schema, table=name_part, integration=self.context.integration).strip("_") or name_part
+        reason = unsafe_reason(name, URI_PATH_NAMES)
+        if reason is not None:  # only configuration can bring this (e.g. the integration's name)
+            raise SinkError(f"the Iceberg table name {name!r} for source table {table} cannot be used: {reason}; change the sink's table_name template", retryable=False)
+        return (*self._namespace, name)
 
     def _ident_text(self, table: TableId) -> str:
         return ".".join(self.table_identifier(table))
@@ -190,7 +209,8 @@ class IcebergSink(Sink[IcebergConfig]):
         properties = loaded.metadata.properties
         source = properties.get(SOURCE_TABLE_PROPERTY)
         ident = self._ident_text(table)
-        if source is not None and source != str(table):
+        # str(table) quotes parts that hold a dot; tables created before that recorded the unquoted form
+        if source is not None and source not in (str(table), table.unquoted):
             raise SchemaError(
                 f"Iceberg table {ident} holds source table {source}, but {table} maps to the same name; "
                 "give the sink a table_name template that tells them apart (e.g. '{schema}_{table}')",
@@ -333,6 +353,10 @@ class IcebergSink(Sink[IcebergConfig]):
         self._require_open()
         # Rows buffered so far are in the shape before the change: commit them first.
         self._commit_all()
+        self._tables.pop(change.table, None)  # the current metadata, for the epoch check
+        current = self._load(change.table)
+        if current is not None:
+            self._refuse_if_fenced(change.table, current)
         try:
             if isinstance(change, CreateTable):
                 self._create(change.schema)
@@ -668,7 +692,8 @@ class IcebergSink(Sink[IcebergConfig]):
         from pyiceberg.exceptions import CommitFailedException
 
         iceberg_table = self._table_or_fail(table)
-        properties = summary_properties(self.context.integration, position, round_tables)
+        self._refuse_if_fenced(table, iceberg_table)
+        properties = summary_properties(self.context.integration, position, round_tables, self.context.writer_epoch)
         name = self._ident_text(table)
         from zetl_sinks.iceberg.writer import commit_changelog, commit_current
 
@@ -680,6 +705,10 @@ class IcebergSink(Sink[IcebergConfig]):
             raise
         except CommitFailedException as exc:
             self._tables.pop(table, None)
+            # The table moved on since the metadata this commit was built on: a newer run's commit?
+            fresh = self._fresh_or_none(table)
+            if fresh is not None:
+                self._refuse_if_fenced(table, fresh)
             raise SinkConnectionError(f"commit to Iceberg table {name} was refused ({self._redact(str(exc))}); another writer changed it, the commit is retried", retryable=True) from exc
         except OSError as exc:
             self._tables.pop(table, None)
@@ -692,6 +721,34 @@ class IcebergSink(Sink[IcebergConfig]):
         else:
             self._tables.pop(table, None)
         self._marks[table] = TableMark(name, position, tuple(round_tables), None)
+
+    def _fresh_or_none(self, table: TableId) -> Any | None:
+        """The table as the catalog has it now (None when it cannot be loaded: the caller's
+        retryable error stands)."""
+        try:
+            return self._require_open().load_table(self.table_identifier(table))
+        except Exception as exc:
+            self.context.logger.debug("cannot reload Iceberg table %s: %s", self._ident_text(table), exc)
+            return None
+
+    def _refuse_if_fenced(self, table: TableId, iceberg_table: Any) -> None:
+        """Raise ``WriterFencedError`` when ``iceberg_table`` holds a writer epoch newer than this
+        run's (see the module docstring)."""
+        own = self.context.writer_epoch
+        if own <= 0:
+            return
+        newest = newest_epoch(iceberg_table, self.context.integration)
+        if newest is not None and newest > own:
+            self._tables.pop(table, None)
+            self._buffers.clear()
+            self._buffered_rows = 0
+            self._first_buffered_at = None
+            raise WriterFencedError(
+                f"Iceberg table {self._ident_text(table)} was written by writer epoch {newest} of integration '{self.context.integration}', "
+                f"newer than this run's epoch {own}: another run took over (a run with another state directory, or this process was paused "
+                "while it lost its lock). This run stops without committing; keep one run of the integration (see `zetl status`) and stop the others.",
+                retryable=False,
+            )
 
     def _crash_point(self, where: str, count: int) -> None:
         if self._kill_at == (where, count):
@@ -731,6 +788,11 @@ class IcebergSink(Sink[IcebergConfig]):
     def stored_position(self) -> Position | None:
         marks = {name: read_mark(t, name, self.context.integration) for name, t in self._integration_tables()}
         return resume_position(marks)
+
+    def stored_epoch(self) -> int | None:
+        """The greatest writer epoch recorded in the snapshots of the integration's tables."""
+        epochs = [e for _, t in self._integration_tables() if (e := newest_epoch(t, self.context.integration)) is not None]
+        return max(epochs, default=None)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
+from zetl.names import check_template_text
 from zetl.sink import SinkConfig
 
 __all__ = ["RedshiftConfig", "S3StagingConfig", "TableOptions"]
@@ -128,7 +129,7 @@ class RedshiftConfig(SinkConfig):
             value.format(name="t", namespace="n")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"table_name may use only {{name}} and {{namespace}}: {exc}") from None
-        return value
+        return check_template_text(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> RedshiftConfig:

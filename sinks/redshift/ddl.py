@@ -101,6 +101,7 @@ class SchemaChangeMixin:
     def apply(self, change: SchemaChange) -> None:
         self._require_writable(f"apply '{change}'")
         try:
+            self._fence()  # in the change's transaction: a run that another one replaced changes nothing
             self._apply(change)
         except ZetlError:
             self._rollback()
@@ -124,7 +125,7 @@ class SchemaChangeMixin:
                 return  # already there (idempotent); differences are the planner's business
             target = self.target_table_name(table)
             new = TableLayout.build(change.schema, self.schema_name, target, self.rules, self.config.history_mode)
-            options = self.config.tables.get(str(table))
+            options = self.config.tables.get(str(table)) or self.config.tables.get(table.unquoted)
             if options is not None:
                 for name in [options.distkey, *options.sortkey]:
                     if name is not None and new.get(name) is None:

@@ -10,13 +10,18 @@ Rules (deterministic: the same source name always gives the same target name):
     * A name longer than ``max_bytes`` UTF-8 bytes (127 on Redshift) is cut at a character
       boundary to ``max_bytes - 9`` bytes and ends with ``_`` plus the first 8 hex digits of the
       SHA-256 of the original name; a warning names both.
-    * NUL characters, which no identifier may hold, become ``_``.
+    * Source names first go through ``zetl.names.safe_name`` with the printable rules: path
+      separators, ``..`` and control characters (NUL, newlines, ...) become ``_`` and the name
+      gets a digest suffix; every other character is kept (it is quoted), so names without
+      those characters map exactly as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+
+from zetl.names import PRINTABLE_NAMES, safe_name
 
 __all__ = ["IdentifierRules", "quote", "quote_literal"]
 
@@ -56,7 +61,7 @@ class IdentifierRules:
 
     def name(self, source_name: str) -> str:
         """The target identifier (unquoted) for ``source_name``."""
-        name = source_name.replace("\x00", "_")
+        name = safe_name(source_name, PRINTABLE_NAMES)
         if not self.case_sensitive:
             name = _fold(name)
         encoded = name.encode("utf-8")

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Sequence
 
 import orjson
 
-from zetl.errors import SchemaError, SinkError, ZetlError
+from zetl.errors import SchemaError, SinkError, WriterFencedError, ZetlError
 from zetl.events import Batch, ChangeEvent, Position, RowChunk, TableId
 from zetl.plugin import PluginContext, require
 from zetl.schema.changes import (
@@ -111,6 +111,8 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         """Whether ``_zetl_checkpoints`` exists (always after a writable open)."""
         self._has_metadata = False
         """Whether ``_zetl_tables`` exists (always after a writable open)."""
+        self._has_epoch = False
+        """Whether ``_zetl_checkpoints`` has the writer epoch column (always after a writable open)."""
         self._stager: S3Stager | None = None
         self._current: tuple[TableLayout, Segment] | None = None
         self._stats: dict[str, Any] = {"batches": 0, "rows": 0, "copy_batches": 0, "insert_batches": 0, "skipped_batches": 0}
@@ -154,11 +156,14 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
                 present = {row[0] for row in self._fetchall(sql.select_zetl_tables(), (self.schema_name,))}
                 self._has_checkpoints = sql.CHECKPOINT_TABLE in present
                 self._has_metadata = sql.METADATA_TABLE in present
+                self._has_epoch = self._has_checkpoints and sql.EPOCH_COLUMN in self._checkpoint_columns()
             else:
                 self._execute(sql.create_schema(self.schema_name))
                 self._execute(sql.create_checkpoint_table(self.schema_name))
                 self._execute(sql.create_metadata_table(self.schema_name))
-                self._has_checkpoints = self._has_metadata = True
+                if sql.EPOCH_COLUMN not in self._checkpoint_columns():  # a table from before fencing
+                    self._execute(sql.add_checkpoint_epoch(self.schema_name))
+                self._has_checkpoints = self._has_metadata = self._has_epoch = True
             self._conn.commit()
         except ZetlError:
             self.close()
@@ -317,6 +322,43 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         self._stored_loaded = True
         return self._stored
 
+    def _checkpoint_columns(self) -> set[str]:
+        return {row[0] for row in self._fetchall(sql.select_checkpoint_columns(), (self.schema_name,))}
+
+    def stored_epoch(self) -> int | None:
+        """The writer epoch stored in the integration's ``_zetl_checkpoints`` row (None: none)."""
+        if not self._has_epoch:
+            return None
+        try:
+            rows = self._fetchall(sql.select_checkpoint_epoch(self.schema_name), (self.context.integration,))
+            self._conn.commit()
+        except Exception as exc:
+            self._rollback()
+            raise map_driver_error(exc, action="reading the stored writer epoch") from exc
+        epoch = int(rows[0][0] or 0) if rows else 0
+        return epoch or None
+
+    def _fence(self) -> None:
+        """First statement of a write or schema-change transaction: record this run's writer epoch
+        in the checkpoint row, which also locks it until the transaction ends, unless the row
+        holds a greater one: then another run took over and ``WriterFencedError`` is raised (the
+        caller rolls back, nothing is written). Epoch 0 (library use) takes no part."""
+        epoch = self.context.writer_epoch
+        if epoch <= 0:
+            return
+        updated = self._execute(sql.fence_checkpoint(self.schema_name), (epoch, self.context.integration, epoch)).rowcount
+        if updated:
+            return
+        rows = self._fetchall(sql.select_checkpoint_epoch(self.schema_name), (self.context.integration,))
+        stored = int(rows[0][0] or 0) if rows else 0
+        if stored > epoch:
+            raise WriterFencedError(
+                f"the checkpoint of integration '{self.context.integration}' in Redshift ({self.schema_name}.{sql.CHECKPOINT_TABLE}) was written by writer epoch {stored}, "
+                f"newer than this run's epoch {epoch}: another run took over (a run with another state directory, or this process was paused "
+                "while it lost its lock). This run stops without writing; keep one run of the integration (see `zetl status`) and stop the others.",
+                retryable=False,
+            )
+
     def _already_written(self, position: Position | None) -> bool:
         if position is None:
             return False
@@ -352,6 +394,7 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
         table_name: str | None = None
         self._current: tuple[TableLayout, Segment] | None = None
         try:
+            self._fence()
             for table, events in by_table.items():
                 table_name = str(table)
                 layout = self._layout(table)
@@ -367,8 +410,9 @@ class RedshiftSink(SchemaChangeMixin, Sink[RedshiftConfig]):
             if batch.end_position is not None:
                 schema_name = self.schema_name
                 position_json = orjson.dumps(batch.end_position.to_json()).decode()
-                self._execute(sql.delete_checkpoint(schema_name), (self.context.integration,))
-                self._execute(sql.insert_checkpoint(schema_name), (self.context.integration, position_json))
+                epoch = max(self.context.writer_epoch, 0)
+                if not self._execute(sql.update_checkpoint(schema_name), (position_json, epoch, self.context.integration)).rowcount:
+                    self._execute(sql.insert_checkpoint(schema_name), (self.context.integration, position_json, epoch))
             self._conn.commit()
         except ZetlError:
             self._rollback()

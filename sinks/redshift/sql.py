@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 CHECKPOINT_TABLE = "_zetl_checkpoints"
+EPOCH_COLUMN = "writer_epoch"
 METADATA_TABLE = "_zetl_tables"
 
 
@@ -32,8 +33,18 @@ def create_schema(schema: str) -> str:
 def create_checkpoint_table(schema: str) -> str:
     return (
         f"CREATE TABLE IF NOT EXISTS {quote(schema)}.{quote(CHECKPOINT_TABLE)} "
-        '("integration" VARCHAR(256) NOT NULL, "position" VARCHAR(65535) NOT NULL, "updated_at" TIMESTAMP NOT NULL, PRIMARY KEY ("integration"))'
+        '("integration" VARCHAR(256) NOT NULL, "position" VARCHAR(65535) NOT NULL, "updated_at" TIMESTAMP NOT NULL, '
+        f'{quote(EPOCH_COLUMN)} BIGINT DEFAULT 0, PRIMARY KEY ("integration"))'
     )
+
+
+def add_checkpoint_epoch(schema: str) -> str:
+    """Checkpoint tables created before fencing get the epoch column (0: no epoch recorded)."""
+    return f"ALTER TABLE {quote(schema)}.{quote(CHECKPOINT_TABLE)} ADD COLUMN {quote(EPOCH_COLUMN)} BIGINT DEFAULT 0"
+
+
+def select_checkpoint_columns() -> str:
+    return f"SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = '{CHECKPOINT_TABLE}'"
 
 
 def create_metadata_table(schema: str) -> str:
@@ -238,16 +249,33 @@ def drop_stage(stage: StageLayout) -> str:
 # -- checkpoints and metadata ---------------------------------------------------------------
 
 
-def delete_checkpoint(schema: str) -> str:
-    return f'DELETE FROM {quote(schema)}.{quote(CHECKPOINT_TABLE)} WHERE "integration" = %s'
+def fence_checkpoint(schema: str) -> str:
+    """The first statement of every write transaction of a fenced run (parameters: epoch,
+    integration, epoch): it updates (and locks) the integration's checkpoint row only while no
+    greater epoch is stored there; no row updated while one exists means another run took over."""
+    column = quote(EPOCH_COLUMN)
+    return f'UPDATE {quote(schema)}.{quote(CHECKPOINT_TABLE)} SET {column} = %s WHERE "integration" = %s AND COALESCE({column}, 0) <= %s'
+
+
+def update_checkpoint(schema: str) -> str:
+    """Parameters: position, epoch, integration (an epoch never goes down: library use writes 0)."""
+    column = quote(EPOCH_COLUMN)
+    return (
+        f'UPDATE {quote(schema)}.{quote(CHECKPOINT_TABLE)} SET "position" = %s, {column} = GREATEST(COALESCE({column}, 0), %s), "updated_at" = GETDATE() '
+        'WHERE "integration" = %s'
+    )
 
 
 def insert_checkpoint(schema: str) -> str:
-    return f'INSERT INTO {quote(schema)}.{quote(CHECKPOINT_TABLE)} ("integration", "position", "updated_at") VALUES (%s, %s, GETDATE())'
+    return f'INSERT INTO {quote(schema)}.{quote(CHECKPOINT_TABLE)} ("integration", "position", {quote(EPOCH_COLUMN)}, "updated_at") VALUES (%s, %s, %s, GETDATE())'
 
 
 def select_checkpoint(schema: str) -> str:
     return f'SELECT "position" FROM {quote(schema)}.{quote(CHECKPOINT_TABLE)} WHERE "integration" = %s'
+
+
+def select_checkpoint_epoch(schema: str) -> str:
+    return f'SELECT {quote(EPOCH_COLUMN)} FROM {quote(schema)}.{quote(CHECKPOINT_TABLE)} WHERE "integration" = %s'
 
 
 def delete_metadata(schema: str) -> str:

@@ -114,7 +114,9 @@ def _statements() -> dict[str, str]:
         "history_close_versions": sql.close_versions(hstage),
         "history_insert_versions": sql.insert_versions(hstage),
         "history_close_all": sql.close_all_versions(history),
-        "checkpoint_delete": sql.delete_checkpoint("analytics"),
+        "checkpoint_add_epoch": sql.add_checkpoint_epoch("analytics"),
+        "checkpoint_fence": sql.fence_checkpoint("analytics"),
+        "checkpoint_update": sql.update_checkpoint("analytics"),
         "checkpoint_insert": sql.insert_checkpoint("analytics"),
     }
 

@@ -121,7 +121,7 @@ class FiltersConfig(_Model):
     def pattern_for(self, table: object) -> str | None:
         """The first pattern of ``tables`` matching ``table``, or None."""
         for pattern in self.tables:
-            if compile_pattern(pattern).matches(str(table)):
+            if compile_pattern(pattern).matches(table):
                 return pattern
         return None
 

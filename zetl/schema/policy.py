@@ -69,6 +69,6 @@ class SchemaEvolutionConfig(EvolutionPolicy):
 
     def for_table(self, table: object) -> EvolutionPolicy:
         for pattern, policy in self.tables.items():
-            if compile_pattern(pattern).matches(str(table)):
+            if compile_pattern(pattern).matches(table):
                 return policy
         return EvolutionPolicy(behavior=self.behavior, include=self.include, exclude=self.exclude)

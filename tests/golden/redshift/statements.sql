@@ -11,7 +11,7 @@ CREATE TABLE "analytics"."orders" ("id" BIGINT NOT NULL, "line" INTEGER NOT NULL
 CREATE TABLE "analytics"."orders" ("id" BIGINT NOT NULL, "line" INTEGER NOT NULL, "note" VARCHAR(160), "doc" SUPER, "blob" VARBYTE(65535), "we""ird; name" DECIMAL(12,2), "_op" CHAR(1), "_position" VARCHAR(4096), "_valid_from" TIMESTAMPTZ, "_valid_to" TIMESTAMPTZ);
 
 -- create_checkpoints
-CREATE TABLE IF NOT EXISTS "analytics"."_zetl_checkpoints" ("integration" VARCHAR(256) NOT NULL, "position" VARCHAR(65535) NOT NULL, "updated_at" TIMESTAMP NOT NULL, PRIMARY KEY ("integration"));
+CREATE TABLE IF NOT EXISTS "analytics"."_zetl_checkpoints" ("integration" VARCHAR(256) NOT NULL, "position" VARCHAR(65535) NOT NULL, "updated_at" TIMESTAMP NOT NULL, "writer_epoch" BIGINT DEFAULT 0, PRIMARY KEY ("integration"));
 
 -- create_metadata
 CREATE TABLE IF NOT EXISTS "analytics"."_zetl_tables" ("target_table" VARCHAR(512) NOT NULL, "layout" VARCHAR(65535) NOT NULL, "updated_at" TIMESTAMP NOT NULL, PRIMARY KEY ("target_table"));
@@ -61,9 +61,15 @@ INSERT INTO "analytics"."orders" ("id", "line", "note", "doc", "blob", "we""ird;
 -- history_close_all
 UPDATE "analytics"."orders" SET "_valid_to" = %s WHERE "_valid_to" IS NULL;
 
--- checkpoint_delete
-DELETE FROM "analytics"."_zetl_checkpoints" WHERE "integration" = %s;
+-- checkpoint_add_epoch
+ALTER TABLE "analytics"."_zetl_checkpoints" ADD COLUMN "writer_epoch" BIGINT DEFAULT 0;
+
+-- checkpoint_fence
+UPDATE "analytics"."_zetl_checkpoints" SET "writer_epoch" = %s WHERE "integration" = %s AND COALESCE("writer_epoch", 0) <= %s;
+
+-- checkpoint_update
+UPDATE "analytics"."_zetl_checkpoints" SET "position" = %s, "writer_epoch" = GREATEST(COALESCE("writer_epoch", 0), %s), "updated_at" = GETDATE() WHERE "integration" = %s;
 
 -- checkpoint_insert
-INSERT INTO "analytics"."_zetl_checkpoints" ("integration", "position", "updated_at") VALUES (%s, %s, GETDATE());
+INSERT INTO "analytics"."_zetl_checkpoints" ("integration", "position", "writer_epoch", "updated_at") VALUES (%s, %s, %s, GETDATE());
 
