@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, ClassVar, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generator, Iterator
 
 from zetl.errors import NeedsAttentionError, SourceConnectionError, SourceError
 from zetl.events import Batch, Op, Position, RowChunk, TableId
@@ -374,6 +374,11 @@ class PostgresSource(Source[PostgresConfig]):
         with self._catalog_lock:
             return self._catalog.columns_now(oid)
 
+    def _reads(self, table: TableId) -> Callable[[str], bool]:
+        """Whether the integration uses a column of ``table`` (``PluginContext.columns``)."""
+        columns = self.context.columns
+        return lambda column: columns.reads(table, column)
+
     def _open_stream(self) -> ReplicationStream:
         assert self._catalog is not None
         if self._stream is not None:
@@ -391,6 +396,7 @@ class PostgresSource(Source[PostgresConfig]):
             spill_dir=self.context.state_dir,
             attnums={t.table: dict(t.attnums) for t in self._tables if t.table not in self._held_back},
             columns_now=self._columns_now,
+            columns=self.context.columns,
         )
         return self._stream
 
@@ -573,7 +579,7 @@ class PostgresSource(Source[PostgresConfig]):
                 continue
             after = start.last_key if start.table == name else None
             conn = self._begin_table(snapshot_name)
-            reader = ChunkReader(conn, info.schema, self.config.snapshot_chunk_rows)
+            reader = ChunkReader(conn, info.schema, self.config.snapshot_chunk_rows, self._reads(info.table))
             rows = 0
             total = info.estimated_rows or None
             lead: tuple[Any, ...] = () if info.table in announced else (CreateTable(info.table, info.schema),)
@@ -769,7 +775,7 @@ class PostgresSource(Source[PostgresConfig]):
             total = info.estimated_rows or None
             rows = 0
             self.context.progress(table, 0, total)
-            for arrow_rows, last_key in ChunkReader(conn, info.schema, self.config.snapshot_chunk_rows).chunks(after):
+            for arrow_rows, last_key in ChunkReader(conn, info.schema, self.config.snapshot_chunk_rows, self._reads(table)).chunks(after):
                 if self._closed.is_set():
                     return ()
                 self._step += 1

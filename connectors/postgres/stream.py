@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from zetl.errors import SourceConnectionError, SourceError
 from zetl.events import UNCHANGED, Batch, ChangeEvent, Op, TableId
-from zetl.plugin import TableSelector
+from zetl.plugin import ColumnSelector, TableSelector
 from zetl.schema.changes import AddColumn, CreateTable, DropColumn, RenameColumn, SchemaChange
 from zetl.schema.types import DataType, Schema
 
@@ -100,13 +100,16 @@ class ReplicationStream:
         spill_bytes: int | None = None,
         attnums: dict[TableId, dict[str, int]] | None = None,
         columns_now: Callable[[int], dict[int, CatalogColumn] | None] | None = None,
+        columns: ColumnSelector | None = None,
     ) -> None:
+        """``columns``: the columns the integration uses; the others are never decoded."""
         self.conn = conn
         self.pgconn = conn.pgconn
         self.config = config
         self.slot = slot
         self.publication = publication
         self.selector = selector
+        self.columns = columns
         self.schemas = schemas
         self.data_type = data_type
         # column -> attnum of each known schema (a column missing: not known for certain), and
@@ -251,7 +254,7 @@ class ReplicationStream:
         if selected:
             self.schemas[table] = schema
             self.oids[table] = oid
-        decoder = RelationDecoder(table, schema, selected)
+        decoder = RelationDecoder(table, schema, selected, self.columns)
         self.relations[oid] = decoder
         return decoder, changes
 
