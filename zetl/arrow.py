@@ -32,9 +32,9 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable
 
-import orjson
 import pyarrow as pa
 
+from zetl.jsonvalue import JsonText
 from zetl.schema.types import DataType, Field, Schema, TypeKind
 
 __all__ = ["TYPE_KEY", "arrow_field", "arrow_schema", "arrow_type", "python_converters"]
@@ -83,8 +83,8 @@ def arrow_schema(schema: Schema) -> pa.Schema:
     return pa.schema([arrow_field(f) for f in schema.fields])
 
 
-def _json_loads(value: Any) -> Any:
-    return None if value is None else orjson.loads(value)
+def _json_text(value: Any) -> Any:
+    return None if value is None else JsonText(value)
 
 
 def _uuid(value: Any) -> Any:
@@ -93,12 +93,12 @@ def _uuid(value: Any) -> Any:
 
 def python_converters(arrow: pa.Schema) -> dict[str, Callable[[Any], Any]]:
     """Per column, the function that turns ``to_pylist()`` values into canonical Python values
-    (only json and uuid need one)."""
+    (only json, as ``JsonText``, and uuid need one)."""
     out: dict[str, Callable[[Any], Any]] = {}
     for f in arrow:
         kind = (f.metadata or {}).get(TYPE_KEY, b"").decode()
         if kind == "json":
-            out[f.name] = _json_loads
+            out[f.name] = _json_text
         elif kind == "uuid":
             out[f.name] = _uuid
     return out

@@ -395,7 +395,7 @@ def reset(target: str, state: str | None, drop_source_state: bool, yes: bool) ->
             plan.append("the status")
         files: list[Path] = []
         if integration is not None:
-            context = PluginContext(integration=name, tables=integration.config.tables.selection(), state_dir=path.parent / name, config_file=integration.file)
+            context = PluginContext(integration=name, tables=integration.config.tables.selection(), columns=integration.config.filters, state_dir=path.parent / name, config_file=integration.file)
             source = integration.source_class(integration.source_config, context)
             files = source.local_state_files()
             plan += [f"file {f}" for f in files]

@@ -226,6 +226,7 @@ def drift_report(integration: Integration, *, fail_on: FailOn = "any", with_hist
     context = PluginContext(
         integration=integration.name,
         tables=config.tables.selection(),
+        columns=config.filters,
         state_dir=state_path.parent / integration.name,
         config_file=integration.file,
         read_only=True,

@@ -42,7 +42,19 @@ __all__ = [
     "UnknownPluginError",
     "WriterFencedError",
     "ZetlError",
+    "exclude_advice",
 ]
+
+
+def exclude_advice(table: object, column: str) -> str:
+    """What to do about a value zetl cannot carry: the ``filters`` setting that leaves the
+    column out (an excluded column is never read or decoded, so this makes the table run), or
+    a change of the column's type in the source."""
+    return (
+        f"To replicate {table} without this column, add to the integration's file: "
+        f"filters: {{tables: {{{table}: {{columns: {{exclude: [{column}]}}}}}}}} "
+        "(an excluded column is never read); or change the column's type in the source."
+    )
 
 
 class ZetlError(Exception):

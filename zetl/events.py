@@ -334,8 +334,9 @@ class RowChunk:
         return self.rows.num_rows
 
     def events(self) -> Iterator[ChangeEvent]:
-        """The rows as ``ChangeEvent`` objects with canonical Python values (json decoded, uuid
-        as ``uuid.UUID``; see ``zetl.arrow``), for sinks that work row by row."""
+        """The rows as ``ChangeEvent`` objects with canonical Python values (json as
+        ``JsonText``, the same text; uuid as ``uuid.UUID``; see ``zetl.arrow``), for sinks that
+        work row by row."""
         from zetl.arrow import python_converters
 
         converters = python_converters(self.rows.schema)

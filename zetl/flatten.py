@@ -19,18 +19,25 @@ Rules:
   it), and keys beyond ``max_columns``. Each case is logged once as a warning.
 * Where the sink already has flattened columns (a restart, ``zetl drift``), they are known keys
   with the sink's types, so inference continues where it stopped.
+* Documents are parsed with ``zetl.jsonvalue.parse_json``: numbers stay exact and the last of
+  duplicate keys wins. A number is a float64 only when float64 holds it exactly (``1.5``, not
+  ``0.1000000000000000055`` or ``1e400``), an integer an int64 only within its range; other
+  numbers widen the key to a string holding the number's exact text. A document that is not an
+  object (or cannot be parsed: nested too deeply) stays in the json column as the source's text.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Iterable, Literal, Mapping
 
-import orjson
 from pydantic import BaseModel, Field as PydField, field_validator
 
 from zetl.events import UNCHANGED
+from zetl.jsonvalue import JsonText, as_json_text, dump_json
 from zetl.schema.types import DataType, Field, Schema, T, TypeKind
 from zetl.schema.widening import type_suffix, unify
 from zetl.tables import compile_pattern
@@ -83,14 +90,29 @@ class FlattenConfig(FlattenTableConfig):
 
 
 _STRING = T.string()
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _INFERRED: dict[type, DataType] = {bool: T.boolean, int: T.int64, float: T.float64, str: _STRING}
+
+
+def _float_holds(value: Decimal) -> bool:
+    """Whether float64 holds the number as written: it is not an integer (those beyond int64
+    arrive as ``Decimal`` with exponent 0) and the float's shortest text has the same value."""
+    if not value.is_finite() or value.as_tuple().exponent == 0:
+        return False
+    as_float = float(value)
+    return math.isfinite(as_float) and Decimal(repr(as_float)) == value
 
 
 def infer_type(value: Any) -> DataType | None:
     """The type of one JSON value (None for null: it says nothing): boolean, int64, float64,
-    string, or json for objects and lists."""
+    string, or json for objects and lists. A ``Decimal`` (an exact number from ``parse_json``)
+    is a float64 when float64 holds it exactly, else a string (its exact text)."""
     if value is None:
         return None
+    if isinstance(value, Decimal):
+        return T.float64 if _float_holds(value) else _STRING
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT64_MIN <= value <= _INT64_MAX:
+        return _STRING
     return _INFERRED.get(type(value), T.json)
 
 
@@ -101,16 +123,16 @@ def convert(value: Any, dtype: DataType) -> Any:
         return None
     kind = dtype.kind
     if kind is TypeKind.JSON:
-        return value
+        return as_json_text(value)
     if kind is TypeKind.STRING:
         if isinstance(value, str):
             return value
         if isinstance(value, bool):
             return "true" if value else "false"
         if isinstance(value, (dict, list)):
-            return orjson.dumps(value).decode()
-        return str(value)
-    if kind is TypeKind.FLOAT64 and not isinstance(value, bool) and isinstance(value, (int, float)):
+            return dump_json(value)
+        return str(value)  # numbers: their exact text
+    if kind is TypeKind.FLOAT64 and not isinstance(value, bool) and isinstance(value, (int, float, Decimal)):
         return float(value)
     return value
 
@@ -208,9 +230,18 @@ class TableFlattener:
                 if document is None or document is UNCHANGED:
                     states[column] = document  # the whole column is NULL / unchanged
                     continue
+                original = document
+                if isinstance(document, JsonText):
+                    try:
+                        document = document.document()
+                    except ValueError as exc:
+                        self._warn(f"{column}:parse", f"a value of {column} cannot be flattened ({exc}); it is kept in the json column {column}")
+                        flat[column] = original
+                        states[column] = "rest"
+                        continue
                 if not isinstance(document, dict):
                     self._warn(f"{column}:root", f"a value of {column} is not an object; it is kept in the json column {column}")
-                    flat[column] = document
+                    flat[column] = original  # as the source sent it
                     states[column] = "rest"
                     continue
                 states[column] = "object"
@@ -243,7 +274,7 @@ class TableFlattener:
                                 changed = True
                     flat[name] = value
                 if leftover:
-                    flat[column] = leftover
+                    flat[column] = JsonText(dump_json(leftover))
             observed.rows.append(flat)
             observed.states.append(states)
         return observed, changed

@@ -34,6 +34,7 @@ from zetl.errors import CheckpointError, SchemaError
 from zetl.events import Batch, ChangeEvent, Op, Position, RowChunk, TableId
 from zetl.filters.apply import TableFilter, python_value
 from zetl.flatten import Flattener
+from zetl.jsonvalue import as_json_text
 from zetl.schema.changes import CreateTable, SchemaChange, TruncateTable
 from zetl.schema.planner import PlanStep, SchemaPlan, apply_change, plan
 from zetl.schema.types import Schema, TypeKind
@@ -432,8 +433,8 @@ def _default_flatten() -> Any:
 
 
 def _decoded_rows(rows: Any, schema: Schema) -> Any:
-    """Arrow rows as canonical Python values (json decoded, uuid as UUID), by the columns'
-    canonical types."""
+    """Arrow rows as canonical Python values (json as ``JsonText``, uuid as UUID), by the
+    columns' canonical types."""
     kinds = {f.name: f.type.kind for f in schema.fields if f.type.kind in (TypeKind.JSON, TypeKind.UUID)}
     for row in rows.to_pylist():
         for name, kind in kinds.items():
@@ -454,7 +455,7 @@ def _arrow_rows(rows: list[dict[str, Any]], schema: Schema) -> Any:
     for f in fields:
         values = [r.get(f.name) for r in rows]
         if f.type.kind is TypeKind.JSON:
-            values = [None if v is None else orjson.dumps(v).decode() for v in values]
+            values = [as_json_text(v) for v in values]
         elif f.type.kind is TypeKind.UUID:
             values = [None if v is None else str(v if isinstance(v, uuid.UUID) else uuid.UUID(str(v))) for v in values]
         arrays.append(pa.array(values, type=arrow_field(f).type))

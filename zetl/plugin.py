@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol
 from zetl.errors import NotInstalledError
 from zetl.events import TableId
 
-__all__ = ["PluginContext", "Progress", "TableSelector", "require"]
+__all__ = ["ColumnSelector", "PluginContext", "Progress", "TableSelector", "require"]
 
 
 class TableSelector(Protocol):
@@ -23,6 +23,24 @@ class TableSelector(Protocol):
 
 class _AllTables:
     def matches(self, table: TableId) -> bool:
+        return True
+
+
+class ColumnSelector(Protocol):
+    """Decides which columns of a table the integration uses (the YAML ``filters`` section).
+
+    ``reads(table, column)`` is False for a column whose values nothing after the source needs
+    (excluded by the column filter and not named by the row filter). A source must not decode
+    such a column's values, so that a value it cannot decode never stops the table: it leaves
+    the column out of ``ChangeEvent`` rows and sends it as NULL in snapshot chunks (whose layout
+    stays the table's). Primary-key columns are always read.
+    """
+
+    def reads(self, table: TableId, column: str) -> bool: ...
+
+
+class _AllColumns:
+    def reads(self, table: TableId, column: str) -> bool:
         return True
 
 
@@ -44,6 +62,8 @@ class PluginContext:
         integration: the integration's name (unique per daemon; use it for slot names, server ids,
             checkpoint rows).
         tables: the table selection; sources must not read tables it rejects.
+        columns: the columns the integration uses; sources must not decode the others
+            (``ColumnSelector``).
         state_dir: a directory the plugin may keep local files in (exists).
         logger: the integration's logger.
         progress: called by sources while snapshotting.
@@ -57,6 +77,7 @@ class PluginContext:
 
     integration: str = "default"
     tables: TableSelector = field(default_factory=_AllTables)
+    columns: ColumnSelector = field(default_factory=_AllColumns)
     state_dir: Path = field(default_factory=lambda: Path(".zetl"))
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("zetl"))
     progress: Callable[[TableId, int, int | None], None] = _no_progress

@@ -292,6 +292,7 @@ class IntegrationRunner:
         return PluginContext(
             integration=self.name,
             tables=self.config.tables.selection(),
+            columns=self.config.filters,
             state_dir=state_dir,
             logger=self.log,
             progress=self._on_progress,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -17,10 +18,11 @@ from typing import Any
 import orjson
 from zetl_connectors.mysql.typemap import parse_column_type
 
-from zetl.errors import SourceError
+from zetl.errors import SourceError, exclude_advice
+from zetl.jsonvalue import JsonText
 from zetl.schema.types import Field, TypeKind
 
-__all__ = ["UTF8_BYTES_SHORTCUTS", "Converter", "set_labels", "snapshot_converter", "stream_converter", "zetl_row_converter"]
+__all__ = ["UTF8_BYTES_SHORTCUTS", "Converter", "mysql_json_text", "not_read", "set_labels", "snapshot_converter", "stream_converter", "zetl_row_converter"]
 
 Converter = Callable[[Any], Any]
 _UTC = dt.UTC
@@ -42,15 +44,17 @@ def _base(field: Field) -> str:
         return ""
 
 
-def _time_from_delta(where: str) -> Converter:
+def _time_from_delta(where: str, column: str) -> Converter:
+    # where: "table <table>, column <column>"
+    table = where.removeprefix("table ").rsplit(", column ", 1)[0]
+
     def convert(value: Any) -> Any:
         if value is None or isinstance(value, dt.time):
             return value
         if isinstance(value, dt.timedelta):
             if not (dt.timedelta(0) <= value < _DAY):
                 raise SourceError(
-                    f"{where}: TIME value {value} is outside 00:00:00..23:59:59, which the canonical time type cannot hold;"
-                    " exclude the column's table or change the column to a type such as varchar",
+                    f"{where}: TIME value {value} is outside 00:00:00..23:59:59, which the canonical time type cannot hold. {exclude_advice(table, column)}",
                     retryable=False,
                 )
             seconds, micro = divmod(value // dt.timedelta(microseconds=1), 1_000_000)
@@ -70,28 +74,71 @@ def _bits(value: Any) -> int | None:
     return int(value)
 
 
-def _json_text_to_python(value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, (bytes, bytearray, str)):
-        return orjson.loads(value)
-    return _json_binary_to_python(value)
+def _json_text(value: Any) -> Any:
+    """A json value as ``JsonText``: the text the server sent (MariaDB's JSON is longtext, kept
+    byte for byte on both paths; MySQL's snapshot text is its normal form), or, for a document
+    pymysqlreplication decoded from MySQL's binary JSON (the stream), that normal form rebuilt."""
+    if value is None or isinstance(value, JsonText):
+        return value
+    if isinstance(value, str):
+        return JsonText(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return JsonText(bytes(value).decode("utf-8"))
+    return JsonText(mysql_json_text(value))
+
+
+def _json_bytes(value: bytes) -> JsonText:
+    return JsonText(value.decode("utf-8"))
 
 
 # Converters whose result, for the text of a utf-8 column, is also what the function here gives
 # for the column's raw bytes (the stream's row decoder then makes no str first).
-UTF8_BYTES_SHORTCUTS: dict[Converter, Converter] = {_json_text_to_python: orjson.loads}
+UTF8_BYTES_SHORTCUTS: dict[Converter, Converter] = {_json_text: _json_bytes}
 
 
-def _json_binary_to_python(value: Any) -> Any:
-    # MySQL's binary JSON decoder hands out bytes for keys and strings.
-    if isinstance(value, (bytes, bytearray)):
-        return value.decode("utf-8")
+def _mysql_string(text: str) -> str:
+    # MySQL escapes '"', '\\' and control characters; other characters are written as they are
+    return orjson.dumps(text).decode()
+
+
+def _mysql_double(value: float) -> str:
+    if not math.isfinite(value):
+        raise ValueError(f"{value} is not a JSON number")
+    text = repr(value)
+    if "e" in text:  # MySQL writes 1e300, 1.5e-7 (no '+', no leading zeros in the exponent)
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa.removesuffix('.0')}e{int(exponent)}"
+    return text
+
+
+def mysql_json_text(value: Any) -> str:
+    """A document decoded from MySQL's binary JSON, as the text MySQL prints for it (its normal
+    form: ``{"k": v, "k2": [1, 2]}``, keys in stored order, ``", "`` and ``": "`` separators),
+    so that the stream gives the same text as the snapshot. Integers and decimals keep all
+    their digits; keys and strings arrive as bytes from the binlog decoder."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return _mysql_string(bytes(value).decode("utf-8"))
+    if isinstance(value, str):
+        return _mysql_string(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _mysql_double(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
     if isinstance(value, dict):
-        return {_json_binary_to_python(k): _json_binary_to_python(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_binary_to_python(v) for v in value]
-    return value
+        return "{" + ", ".join(f"{mysql_json_text(k)}: {mysql_json_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(mysql_json_text(v) for v in value) + "]"
+    if isinstance(value, (dt.date, dt.time, dt.datetime)):
+        return _mysql_string(str(value))  # MySQL prints temporal scalars as quoted strings
+    raise ValueError(f"unexpected value {value!r} in a MySQL JSON document")
 
 
 def _zero_date_to_none(value: Any) -> Any:
@@ -151,9 +198,9 @@ def _common(field: Field, where: str) -> Converter | None:
             _bits if kind is TypeKind.INT64 else lambda v: None if v is None else decimal.Decimal(_bits(v))
         )
     if kind is TypeKind.JSON:
-        return _json_text_to_python
+        return _json_text
     if kind is TypeKind.TIME:
-        return _time_from_delta(where)
+        return _time_from_delta(where, field.name)
     if kind is TypeKind.TIMESTAMPTZ:
         return _utc_aware
     if kind in (TypeKind.DATE, TypeKind.TIMESTAMP):
@@ -166,6 +213,11 @@ def _common(field: Field, where: str) -> Converter | None:
         return _set_joiner(set_labels(field.source_type))
     if kind is TypeKind.DECIMAL and base == "bigint":
         return _decimal_from_int
+    return None
+
+
+def not_read(value: Any) -> None:
+    """The converter of a column the integration does not use: its value is never decoded."""
     return None
 
 

@@ -360,8 +360,13 @@ def _raw_rows(conn: Any, cur: Any, ncols: int, count: int) -> list[list[Any]]:
     return rows
 
 
-def read_table(conn: Any, schema: Schema, after: tuple[Any, ...] | None, chunk_rows: int, stop: Callable[[], bool]) -> Iterator[SnapshotChunk]:
+def read_table(
+    conn: Any, schema: Schema, after: tuple[Any, ...] | None, chunk_rows: int, stop: Callable[[], bool], reads: Callable[[str], bool] | None = None
+) -> Iterator[SnapshotChunk]:
     """Rows of one table in primary-key order, after ``after`` (a key), ``chunk_rows`` at a time.
+
+    ``reads(column)`` False: a column nothing downstream uses, selected as NULL (never read nor
+    converted; key columns are always read).
 
     One unbuffered query streams the table; every chunk carries the key of its last row, where a
     resumed snapshot continues. Tables without a primary key are read whole (a resume reads them
@@ -370,7 +375,7 @@ def read_table(conn: Any, schema: Schema, after: tuple[Any, ...] | None, chunk_r
     import pymysql.cursors
 
     pk = schema.primary_key
-    cols = ", ".join(quote_ident(f.name) for f in schema.fields)
+    cols = ", ".join(quote_ident(f.name) if reads is None or f.name in pk or reads(f.name) else "NULL" for f in schema.fields)
     sql = f"SELECT {cols} FROM {quote_table(schema.table)}"
     params: tuple[Any, ...] = ()
     if pk:

@@ -275,7 +275,7 @@ class MySQLSource(Source[MySQLConfig]):
             table_rows = 0
             first = True
             self.context.progress(table, 0, estimate)
-            for chunk in read_table(conn, schema, after, self.config.snapshot_chunk_rows, self._closed.is_set):
+            for chunk in read_table(conn, schema, after, self.config.snapshot_chunk_rows, self._closed.is_set, lambda column: self.context.columns.reads(schema.table, column)):
                 rows_total += chunk.count
                 table_rows += chunk.count
                 pos = MySQLPosition(base.file, base.pos, base.gtid, SnapshotProgress(tuple(done), str(table), chunk.last_key, rows_total))
@@ -455,6 +455,7 @@ class MySQLSource(Source[MySQLConfig]):
             announced=self._announced,
             row_decoder=RowDecoder() if self._fast_rows else None,
             on_schema_change=history.record,
+            columns=self.context.columns,
         )
         self._assembler = assembler
         self._last_position = start

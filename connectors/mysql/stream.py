@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from zetl_connectors.mysql.catalog import is_system_schema
-from zetl_connectors.mysql.convert import Converter, stream_converter, zetl_row_converter
+from zetl_connectors.mysql.convert import Converter, not_read, stream_converter, zetl_row_converter
 from zetl_connectors.mysql.ddl import interpret
 from zetl_connectors.mysql.gtid import MariaDBGtidState, MySQLGtidSet
 from zetl_connectors.mysql.position import MySQLPosition
@@ -31,7 +31,7 @@ from zetl_connectors.mysql.tablemap import name_columns_from_schema
 
 from zetl.errors import NeedsAttentionError, SourceConnectionError
 from zetl.events import Batch, ChangeEvent, Op, TableId
-from zetl.plugin import TableSelector
+from zetl.plugin import ColumnSelector, TableSelector
 from zetl.schema.changes import (
     AddColumn,
     AlterColumnType,
@@ -42,7 +42,7 @@ from zetl.schema.changes import (
     SchemaChange,
 )
 from zetl.schema.planner import apply_change
-from zetl.schema.types import Schema
+from zetl.schema.types import Field, Schema
 
 __all__ = ["BinlogAssembler", "diff_schemas", "event_builder"]
 
@@ -121,15 +121,20 @@ class _TableDecoder:
 
     __slots__ = ("converters", "name_set", "names", "needed", "needed_zetl", "schema", "warned", "zetl_converters")
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, columns: ColumnSelector | None = None) -> None:
+        """``columns``: a column the integration does not use (``ColumnSelector.reads``) is
+        never converted: it is NULL in the rows (key columns are always read)."""
         self.schema = schema
         self.names = schema.names
         self.name_set = set(self.names)
-        self.converters: list[tuple[str, Converter | None]] = [
-            (f.name, stream_converter(f, f"table {schema.table}, column {f.name}")) for f in schema.fields
-        ]
+        unread = {f.name for f in schema.fields if columns is not None and f.name not in schema.primary_key and not columns.reads(schema.table, f.name)}
+
+        def converter(f: Field, make: Callable[[Field, str], Converter | None]) -> Converter | None:
+            return not_read if f.name in unread else make(f, f"table {schema.table}, column {f.name}")
+
+        self.converters: list[tuple[str, Converter | None]] = [(f.name, converter(f, stream_converter)) for f in schema.fields]
         self.needed = [(n, c) for n, c in self.converters if c is not None]
-        zetl_converters = [(f.name, zetl_row_converter(f, f"table {schema.table}, column {f.name}")) for f in schema.fields]
+        zetl_converters = [(f.name, converter(f, zetl_row_converter)) for f in schema.fields]
         self.needed_zetl = [(n, c) for n, c in zetl_converters if c is not None]
         self.zetl_converters: dict[str, Converter] = dict(self.needed_zetl)
         self.warned = False
@@ -196,6 +201,7 @@ class BinlogAssembler:
         announced: Iterable[TableId] = (),
         row_decoder: RowDecoder | None = None,
         on_schema_change: Callable[[MySQLPosition, dict[TableId, Schema | None]], None] | None = None,
+        columns: ColumnSelector | None = None,
     ) -> None:
         self.mariadb = mariadb
         self.file = start.file
@@ -203,6 +209,7 @@ class BinlogAssembler:
         self.gtids: MariaDBGtidState | MySQLGtidSet = MariaDBGtidState(start.gtid) if mariadb else MySQLGtidSet(start.gtid)
         self.schemas = dict(schemas)
         self.selector = selector
+        self.columns = columns
         self.reread = reread
         self.max_batch_rows = max_batch_rows
         self.max_batch_delay = max_batch_delay
@@ -259,7 +266,7 @@ class BinlogAssembler:
                 self._apply([CreateTable(table, schema)])
                 self._ddl_tables.add(table)
             self._announce(table)
-            dec = self._decoders[table] = _TableDecoder(self.schemas[table])
+            dec = self._decoders[table] = _TableDecoder(self.schemas[table], self.columns)
         return dec
 
     def _announce(self, table: TableId) -> None:

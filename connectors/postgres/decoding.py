@@ -15,8 +15,7 @@ import uuid
 from decimal import Decimal
 from typing import Any, Callable
 
-import orjson
-
+from zetl.jsonvalue import JsonText
 from zetl.schema.types import DataType, TypeKind
 
 __all__ = ["SESSION_SETTINGS", "Decoder", "decoder_for", "parse_array", "to_pg_text"]
@@ -110,7 +109,7 @@ _SCALAR: dict[TypeKind, Decoder] = {
     TypeKind.TIMESTAMP: _timestamp,
     TypeKind.TIMESTAMPTZ: _timestamptz,
     TypeKind.UUID: uuid.UUID,
-    TypeKind.JSON: orjson.loads,
+    TypeKind.JSON: JsonText,  # the text as Postgres prints it: never parsed on the way
 }
 
 

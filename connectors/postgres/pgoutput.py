@@ -13,10 +13,10 @@ from decimal import Decimal
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import orjson
-
-from zetl.errors import SourceError
+from zetl.errors import SourceError, exclude_advice
 from zetl.events import UNCHANGED, TableId
+from zetl.jsonvalue import JsonText
+from zetl.plugin import ColumnSelector
 from zetl.schema.changes import AddColumn, AlterColumnType, DropColumn, SchemaChange
 from zetl.schema.types import DataType, Field, Schema, TypeKind
 
@@ -39,7 +39,7 @@ _FROM_BYTES: dict[TypeKind, Callable[[bytes], Any]] = {
     TypeKind.FLOAT32: float,
     TypeKind.FLOAT64: float,
     TypeKind.BOOLEAN: lambda raw: raw == b"t",
-    TypeKind.JSON: orjson.loads,
+    TypeKind.JSON: lambda raw: JsonText(raw.decode()),  # the text as sent, byte for byte
 }
 _FAST_TEXT: dict[TypeKind, Callable[[str], Any]] = {
     TypeKind.DECIMAL: Decimal,
@@ -56,11 +56,7 @@ def _naming(table: TableId, column: str, fn: Decoder) -> Decoder:
         try:
             return fn(text)
         except (ValueError, TypeError, ArithmeticError) as exc:
-            raise SourceError(
-                f"cannot read value {text[:60]!r} of column {column!r} in table {table}: {exc}. "
-                "Exclude the table or the column, or change the column's type.",
-                retryable=False,
-            ) from None
+            raise SourceError(f"cannot read value {text[:60]!r} of column {column!r} in table {table}: {exc}. {exclude_advice(table, column)}", retryable=False) from None
 
     return decode
 
@@ -111,19 +107,26 @@ class RelationDecoder:
 
     __slots__ = ("table", "schema", "names", "decoders", "plan", "safe_plan", "key", "selected")
 
-    def __init__(self, table: TableId, schema: Schema, selected: bool = True) -> None:
+    def __init__(self, table: TableId, schema: Schema, selected: bool = True, columns: ColumnSelector | None = None) -> None:
+        """``columns``: a column it does not read (``ColumnSelector.reads``) is skipped, never
+        decoded, and absent from the rows (key columns are always read)."""
         self.table = table
         self.schema = schema
         self.names: tuple[str, ...] = schema.names
         self.decoders: tuple[Decoder, ...] = tuple(decoder_for(f.type) for f in schema.fields)
         # per column: (name, mode, function); mode 0 = text kept as is, 1 = function of the raw
-        # bytes (int() and float() parse ASCII bytes directly), 2 = function of the decoded text
+        # bytes (int() and float() parse ASCII bytes directly), 2 = function of the decoded text,
+        # 3 = skipped (a column the integration does not use: never decoded, left out of the row)
         # The fast functions are the C parsers themselves; a value they reject (infinity dates...)
         # makes ``decode`` redo the row with the complete decoders of ``decoding``.
         plan = []
         safe = []
         for f, decoder in zip(schema.fields, self.decoders):
             kind = f.type.kind
+            if columns is not None and f.name not in schema.primary_key and not columns.reads(table, f.name):
+                plan.append((f.name, 3, decoder))
+                safe.append((f.name, 3, decoder))
+                continue
             if kind is TypeKind.STRING:
                 plan.append((f.name, 0, decoder))
             elif kind in _FROM_BYTES:
@@ -151,6 +154,13 @@ class RelationDecoder:
         i32 = _I32
         for name, mode, fn in plan:
             kind = buf[pos]
+            if mode == 3:  # not read: skip the value whatever its kind
+                if kind == 116 or kind == 98:
+                    (n,) = i32(buf, pos + 1)
+                    pos += 5 + n
+                else:
+                    pos += 1
+                continue
             if kind == 116:  # 't' text value
                 (n,) = i32(buf, pos + 1)
                 start = pos + 5

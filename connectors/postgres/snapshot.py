@@ -8,6 +8,13 @@ psycopg's per-value loaders, which run Python code for every value (see BENCHMAR
 Types pyarrow cannot parse from Postgres text (bytea, arrays, strings of other types) are read as
 text and converted with the same decoders as the change stream.
 
+When pyarrow refuses a value of a chunk (an ``infinity`` timestamp, a NaN), that chunk is read
+again as text and every non-text column is converted value by value with those decoders, into
+the same Arrow types as the fast path; text columns (string, json, uuid) keep their text as it
+is. Columns the integration does not use (``PluginContext.columns``: excluded and not named by a
+row filter) are not selected at all: they arrive as NULL, so a value zetl cannot decode in such
+a column never stops the table.
+
 Guarantees: chunks are disjoint and, concatenated, hold every row of the table visible in the
 transaction's snapshot exactly once; the key of a chunk's last row is returned with it, so that
 reading can resume after it.
@@ -20,12 +27,12 @@ import datetime as dt
 import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from zetl.errors import SourceError
+from zetl.errors import SourceError, exclude_advice
 from zetl.schema.types import DataType, Schema, TypeKind
 
-from .decoding import decoder_for
+from .decoding import Decoder, decoder_for, parse_array
 
 if TYPE_CHECKING:
     import psycopg
@@ -46,7 +53,7 @@ class _Column:
     name: str
     arrow: Any
     csv_type: Any  # what the CSV reader produces
-    convert: str  # "none", "utc", "python"
+    convert: str  # "none", "utc", "python", "unread" (selected as NULL)
 
 
 _naive_timestamp = decoder_for(DataType(TypeKind.TIMESTAMP))
@@ -56,10 +63,27 @@ def _utc_from_naive(text: str) -> dt.datetime:
     return _naive_timestamp(text).replace(tzinfo=dt.timezone.utc)
 
 
+def _text_as_is(text: str) -> str:
+    return text
+
+
+def _layout_decoder(data_type: DataType) -> Decoder:
+    """The decoder of a value into the Arrow layout (``zetl.arrow``): the stream's decoder,
+    except that uuid and json stay the text Postgres printed (also as list elements)."""
+    if data_type.kind in (TypeKind.UUID, TypeKind.JSON, TypeKind.STRING):
+        return _text_as_is
+    if data_type.kind is TypeKind.LIST and data_type.element is not None:
+        element = _layout_decoder(data_type.element)
+        return lambda text: parse_array(text, element)
+    return decoder_for(data_type)
+
+
 class ChunkReader:
     """Reads one table of a snapshot transaction in key-ordered chunks of ``chunk_rows`` rows."""
 
-    def __init__(self, conn: "psycopg.Connection[Any]", schema: Schema, chunk_rows: int) -> None:
+    def __init__(self, conn: "psycopg.Connection[Any]", schema: Schema, chunk_rows: int, reads: Callable[[str], bool] | None = None) -> None:
+        """``reads(column)``: False for a column nothing downstream uses; it is selected as NULL
+        (key columns are always read)."""
         import pyarrow as pa
         from psycopg import sql
 
@@ -75,7 +99,10 @@ class ChunkReader:
         for f in schema.fields:
             ident = sql.Identifier(f.name)
             target = self._arrow_schema.field(f.name).type
-            if f.type.kind in _ARROW_PARSES:
+            if reads is not None and f.name not in schema.primary_key and not reads(f.name):
+                self.columns.append(_Column(f.name, target, pa.string(), "unread"))
+                select.append(sql.SQL("NULL"))
+            elif f.type.kind in _ARROW_PARSES:
                 self.columns.append(_Column(f.name, target, target, "none"))
                 select.append(ident)
             elif f.type.kind is TypeKind.TIMESTAMPTZ:
@@ -85,7 +112,7 @@ class ChunkReader:
             else:
                 self.columns.append(_Column(f.name, target, pa.string(), "python"))
                 select.append(ident)
-        self._decoders = {f.name: decoder_for(f.type) for f in schema.fields}
+        self._decoders = {f.name: _layout_decoder(f.type) for f in schema.fields}
         for col in self.columns:
             if col.convert == "utc":  # selected AT TIME ZONE 'UTC': the text has no offset
                 self._decoders[col.name] = _utc_from_naive
@@ -190,20 +217,21 @@ class ChunkReader:
             python = {c.name for c in self.columns if c.convert == "python"}
         except pa.ArrowInvalid:
             # A value Arrow's parsers refuse (infinity timestamps, NaN): this chunk goes through
-            # the exact per-value decoders.
+            # the exact per-value decoders, into the same Arrow types; text stays text.
             table = self._read_csv(data, {c.name: pa.string() for c in self.columns})
-            python = {c.name for c in self.columns}
+            python = {c.name for c in self.columns if c.convert != "unread" and not (c.convert == "none" and c.arrow == pa.string())}
         arrays = []
         for i, col in enumerate(self.columns):
             arr = table.column(i)
-            if col.name in python:
+            if col.convert == "unread":
+                arr = pa.nulls(len(arr), col.arrow)
+            elif col.name in python:
                 decode = self._decoders[col.name]
                 try:
                     arr = pa.array([None if v is None else decode(v) for v in arr.to_pylist()], type=col.arrow)
                 except (ValueError, TypeError, ArithmeticError, pa.ArrowException) as exc:
                     raise SourceError(
-                        f"cannot read column {col.name!r} of table {self.schema.table} as {col.arrow}: {exc}. "
-                        "Exclude the table or the column, or change the column's type.",
+                        f"cannot read column {col.name!r} of table {self.schema.table} as {col.arrow}: {exc}. {exclude_advice(self.schema.table, col.name)}",
                         retryable=False,
                     ) from None
             elif col.convert == "utc":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 import time
-from typing import TYPE_CHECKING, Any, ClassVar, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Generator, Iterator
 
 from zetl.errors import NeedsAttentionError, SourceConnectionError, SourceError
 from zetl.events import Batch, Op, Position, RowChunk, TableId
@@ -393,6 +393,11 @@ class PostgresSource(Source[PostgresConfig]):
         with self._catalog_lock:
             return self._catalog.columns_now(oid)
 
+    def _reads(self, table: TableId) -> Callable[[str], bool]:
+        """Whether the integration uses a column of ``table`` (``PluginContext.columns``)."""
+        columns = self.context.columns
+        return lambda column: columns.reads(table, column)
+
     def _open_stream(self) -> ReplicationStream:
         assert self._catalog is not None
         if self._stream is not None:
@@ -412,6 +417,7 @@ class PostgresSource(Source[PostgresConfig]):
             columns_now=self._columns_now,
             before_confirm=self._before_confirm if self._ownership is not None else None,
             confirmed=self._ownership.confirmed if self._ownership is not None else 0,
+            columns=self.context.columns,
         )
         return self._stream
 
@@ -772,7 +778,7 @@ class PostgresSource(Source[PostgresConfig]):
                 continue
             after = start.last_key if start.table == name else None
             conn = self._begin_table(snapshot_name)
-            reader = ChunkReader(conn, info.schema, self.config.snapshot_chunk_rows)
+            reader = ChunkReader(conn, info.schema, self.config.snapshot_chunk_rows, self._reads(info.table))
             rows = 0
             total = info.estimated_rows or None
             lead: tuple[Any, ...] = () if info.table in announced else (CreateTable(info.table, info.schema),)
@@ -968,7 +974,7 @@ class PostgresSource(Source[PostgresConfig]):
             total = info.estimated_rows or None
             rows = 0
             self.context.progress(table, 0, total)
-            for arrow_rows, last_key in ChunkReader(conn, info.schema, self.config.snapshot_chunk_rows).chunks(after):
+            for arrow_rows, last_key in ChunkReader(conn, info.schema, self.config.snapshot_chunk_rows, self._reads(table)).chunks(after):
                 if self._closed.is_set():
                     return ()
                 self._step += 1

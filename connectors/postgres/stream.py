@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from zetl.errors import SourceConnectionError, SourceError
 from zetl.events import UNCHANGED, Batch, ChangeEvent, Op, TableId
-from zetl.plugin import TableSelector
+from zetl.plugin import ColumnSelector, TableSelector
 from zetl.schema.changes import AddColumn, CreateTable, DropColumn, RenameColumn, SchemaChange
 from zetl.schema.types import DataType, Schema
 
@@ -103,13 +103,16 @@ class ReplicationStream:
         columns_now: Callable[[int], dict[int, CatalogColumn] | None] | None = None,
         before_confirm: Callable[[int], int] | None = None,
         confirmed: int = 0,
+        columns: ColumnSelector | None = None,
     ) -> None:
+        """``columns``: the columns the integration uses; the others are never decoded."""
         self.conn = conn
         self.pgconn = conn.pgconn
         self.config = config
         self.slot = slot
         self.publication = publication
         self.selector = selector
+        self.columns = columns
         self.schemas = schemas
         self.data_type = data_type
         # column -> attnum of each known schema (a column missing: not known for certain), and
@@ -274,7 +277,7 @@ class ReplicationStream:
         if selected:
             self.schemas[table] = schema
             self.oids[table] = oid
-        decoder = RelationDecoder(table, schema, selected)
+        decoder = RelationDecoder(table, schema, selected, self.columns)
         self.relations[oid] = decoder
         return decoder, changes
 

@@ -20,8 +20,9 @@ Documented choices (the golden test ``tests/golden/postgres_typemap.txt`` pins e
 * ``timetz`` -> ``string`` (``10:11:12+02``): a time with an offset has no canonical type.
 * ``timestamptz`` -> ``timestamptz``, values are UTC-aware datetimes.
 * ``date``/``timestamp`` ``infinity`` and ``-infinity`` become the largest/smallest Python value.
-* ``json``/``jsonb`` -> ``json``: change events carry the decoded document; snapshot Arrow chunks
-  carry the JSON text (the core's Arrow layout, ``zetl.arrow``).
+* ``json``/``jsonb`` -> ``json``: the text as Postgres prints it (``json``: as written;
+  ``jsonb``: Postgres' normal form), never parsed: change events carry it as
+  ``zetl.jsonvalue.JsonText``, snapshot Arrow chunks as a string (``zetl.arrow``).
 * ``inet``, ``cidr``, ``macaddr``, ``money``, ``bit``, ``xml``, ranges, geometric types,
   ``tsvector`` and every other type without a canonical peer -> ``string`` (Postgres' text form).
 * ``oid``/``xid`` -> ``int64``; ``"char"`` and ``name`` -> ``string``.

@@ -9,12 +9,12 @@ from __future__ import annotations
 import uuid
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from zetl.errors import SinkError
 from zetl.events import UNCHANGED
+from zetl.jsonvalue import as_json_text
 from zetl.schema.types import DataType, TypeKind
 
 from zetl_sinks.iceberg.typemap import stored_as_text
@@ -37,7 +37,8 @@ def _uuid_bytes(value: Any) -> Any:
 
 
 def _json_text(value: Any) -> Any:
-    return None if value is None else orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    # JsonText is stored as it is: the source's text; a decoded document as compact exact JSON
+    return as_json_text(value)
 
 
 def _decimal_text(value: Any) -> Any:

@@ -12,6 +12,7 @@ import orjson
 
 from zetl.errors import SchemaError, SinkError, WriterFencedError, ZetlError
 from zetl.events import Batch, ChangeEvent, Position, RowChunk, TableId
+from zetl.jsonvalue import JsonText
 from zetl.plugin import PluginContext, require
 from zetl.schema.changes import (
     AddColumn,
@@ -44,7 +45,7 @@ _MAX_PARAMS = 32000
 
 
 def _chunk_events(chunk: RowChunk) -> Iterator[ChangeEvent]:
-    """A chunk's rows as events, with JSON text decoded whichever way the source marked it.
+    """A chunk's rows as events, with JSON text as ``JsonText`` whichever way the source marked it.
 
     ``RowChunk.events`` decodes columns tagged with ``zetl.type`` metadata; a column that is an
     ``arrow.json`` extension (or a string tagged json) without that tag still holds JSON text.
@@ -62,8 +63,9 @@ def _chunk_events(chunk: RowChunk) -> Iterator[ChangeEvent]:
         if undecoded and event.after is not None:
             after = dict(event.after)
             for name in undecoded:
-                if isinstance(after.get(name), (str, bytes)):
-                    after[name] = orjson.loads(after[name])
+                value = after.get(name)
+                if isinstance(value, (str, bytes)) and not isinstance(value, JsonText):
+                    after[name] = JsonText(value.decode("utf-8") if isinstance(value, bytes) else value)
             event = replace(event, after=after)
         yield event
 

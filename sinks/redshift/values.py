@@ -19,6 +19,7 @@ from typing import Any, Callable
 import orjson
 
 from zetl.errors import SinkError
+from zetl.jsonvalue import JsonText, dump_json
 from zetl.schema.types import TypeKind
 
 from .layout import ColumnLayout, TableLayout
@@ -33,8 +34,18 @@ class DocumentTooLargeForInsert(SinkError):
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, decimal.Decimal):
-        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, JsonText):  # a json value inside a list or struct: the JSON it holds
+        return orjson.Fragment(str(value))
+    if isinstance(value, decimal.Decimal):  # exact: SUPER parses the number from its text
+        return orjson.Fragment(str(value)) if value.is_finite() else str(value)
+    if isinstance(value, int) and not isinstance(value, bool):  # an int subclass
+        return int(value)
+    if isinstance(value, str):  # a str subclass other than JsonText
+        return str(value)
+    if isinstance(value, dict):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode()
     if isinstance(value, uuid.UUID):
@@ -45,8 +56,16 @@ def _json_default(value: Any) -> Any:
 
 
 def json_document(value: Any) -> str:
-    """A SUPER value as JSON text (dates as ISO text, decimals as numbers, bytes as base64)."""
-    return orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS).decode()
+    """A SUPER value as JSON text: a json value (``JsonText``) as the source's text; other values
+    with dates as ISO text, decimals as exact numbers, bytes as base64."""
+    if isinstance(value, JsonText):
+        return str(value)
+    try:
+        return orjson.dumps(value, default=_json_default, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS).decode()
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        return dump_json(value)  # an integer beyond 64 bits in a decoded document
 
 
 def _preview(value: Any) -> str:

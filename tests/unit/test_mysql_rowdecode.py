@@ -7,6 +7,7 @@ import datetime as dt
 import struct
 from typing import Any
 
+from zetl.jsonvalue import JsonText
 from zetl_connectors.mysql import rowdecode
 
 
@@ -169,7 +170,7 @@ def test_padding_bits_of_the_null_bitmap_are_not_nulls() -> None:
     # The server sets the bitmap's bits past the last column (b'\x00\xfc' for ten columns without NULLs).
     from decimal import Decimal
 
-    from zetl_connectors.mysql.convert import _json_text_to_python
+    from zetl_connectors.mysql.convert import _json_text
 
     rows = decoder(_PADDED_COLUMNS)
     want = {
@@ -180,9 +181,9 @@ def test_padding_bits_of_the_null_bitmap_are_not_nulls() -> None:
         data = _padded_row(nulls)
         row, end = rows.image(data, 0)
         assert end == len(data) and row == want and str(row["amount"]) == "-1234.05"
-    converting = rows.converting((None,) * 7 + (_json_text_to_python,) + (None,) * 2)
+    converting = rows.converting((None,) * 7 + (_json_text,) + (None,) * 2)
     row, _ = converting(_padded_row(b"\x00\xfc"), 0)
-    assert row == want | {"doc": {"k": "é", "n": [1, 2.5]}}
+    assert row == want | {"doc": JsonText('{"k": "é", "n": [1, 2.5]}')}
     # a NULL (the second column) with the padding bits set: the per-column path
     data = b"\x02\xfc" + _padded_row(b"")[:4] + _padded_row(b"")[12:]
     row, end = rows.image(data, 0)
@@ -201,22 +202,22 @@ def test_packed_decimals_keep_their_scale() -> None:
 
 
 def test_json_of_a_column_that_is_not_utf8_is_decoded_to_text_first() -> None:
-    from zetl_connectors.mysql.convert import _json_text_to_python
+    from zetl_connectors.mysql.convert import _json_text
 
     cols = [Column("id", 3, unsigned=False), Column("doc", 252, length_size=2, character_set_name="latin1")]
-    rows = decoder(cols).converting((None, _json_text_to_python))
+    rows = decoder(cols).converting((None, _json_text))
     data = bytes([0]) + struct.pack("<i", 1) + struct.pack("<H", 9) + b'{"s":"\xe9"}'
     row, end = rows(data, 0)
-    assert end == len(data) and row == {"id": 1, "doc": {"s": "é"}}
+    assert end == len(data) and row == {"id": 1, "doc": JsonText('{"s":"é"}')}
 
 
 def test_rows_of_an_event_in_one_call_equal_the_image_row_by_row() -> None:
-    from zetl_connectors.mysql.convert import _json_text_to_python
+    from zetl_connectors.mysql.convert import _json_text
 
     with_null = b"\x02\xfc" + _padded_row(b"")[:4] + _padded_row(b"")[12:]
     data = _padded_row(b"\x00\xfc") + with_null + _padded_row(b"\x00\xfc", "0.10") + with_null
     rows = decoder(_PADDED_COLUMNS)
-    converters = (None,) * 7 + (_json_text_to_python,) + (None,) * 2
+    converters = (None,) * 7 + (_json_text,) + (None,) * 2
     for image, all_rows in ((rows.image, rows.rows), (rows.converting(converters), rows.converting_rows(converters))):
         one_by_one, o = [], 0
         while o < len(data):

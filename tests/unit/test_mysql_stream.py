@@ -18,6 +18,7 @@ from zetl_connectors.mysql.preflight import ServerInfo, check_settings
 from zetl_connectors.mysql.stream import BinlogAssembler, diff_schemas
 from zetl_connectors.mysql.typemap import canonical_type
 
+from zetl.jsonvalue import JsonText
 from zetl.errors import NeedsAttentionError, SourceConnectionError
 from zetl.events import Op, Position, TableId
 from zetl.schema.types import Field, Schema
@@ -261,7 +262,7 @@ def test_mysql8_stream_gives_whole_transactions_with_gtid_positions() -> None:
         (
             ["create table shop.orders (id int32, note string(10), doc json)"],
             [
-                ("INSERT", {}, {"id": 1, "note": "a", "doc": {"k": ["v"]}}, f"{UUID}:11"),
+                ("INSERT", {}, {"id": 1, "note": "a", "doc": JsonText('{"k": ["v"]}')}, f"{UUID}:11"),
                 ("INSERT", {}, {"id": 2, "note": None, "doc": None}, f"{UUID}:11"),
             ],
             f"binlog.000007:531 gtid={UUID}:1-11",
@@ -270,14 +271,14 @@ def test_mysql8_stream_gives_whole_transactions_with_gtid_positions() -> None:
         (
             [],
             [
-                ("UPDATE", {"id": 1, "note": "a", "doc": {"k": ["v"]}}, {"id": 1, "note": "b", "doc": {"k": ["v"]}}, f"{UUID}:12"),
+                ("UPDATE", {"id": 1, "note": "a", "doc": JsonText('{"k": ["v"]}')}, {"id": 1, "note": "b", "doc": JsonText('{"k": ["v"]}')}, f"{UUID}:12"),
                 ("DELETE", {"id": 2, "note": None, "doc": None}, {}, f"{UUID}:12"),
             ],
             f"binlog.000007:911 gtid={UUID}:1-12",
         ),
         (["add column shop.orders.qty decimal(20,0) after id"], [], f"binlog.000007:1100 gtid={UUID}:1-13"),
         # the heartbeat hands out what is complete (the other table's transaction moves the position)
-        ([], [("INSERT", {}, {"id": 3, "qty": Decimal(18446744073709551615), "note": "c", "doc": {"n": 1}}, f"{UUID}:14")], f"binlog.000007:1681 gtid={UUID}:1-15"),
+        ([], [("INSERT", {}, {"id": 3, "qty": Decimal(18446744073709551615), "note": "c", "doc": JsonText('{"n": 1}')}, f"{UUID}:14")], f"binlog.000007:1681 gtid={UUID}:1-15"),
     ]
     assert batches[0].events[0].position == MySQLPosition("binlog.000007", 531)
     assert batches[0].events[0].commit_ts == dt.datetime.fromtimestamp(1_700_000_000, dt.UTC)
@@ -344,7 +345,7 @@ def test_file_and_offset_positions_without_gtids_and_real_rotates() -> None:
         ("binlog.000001:200", [("INSERT", "binlog.000001:200")]),
         ("binlog.000002:300", [("TRUNCATE", "binlog.000002:300")]),
     ]
-    assert out[0].events[0].after == {"id": 1, "note": "x", "doc": {"a": 1}}
+    assert out[0].events[0].after == {"id": 1, "note": "x", "doc": JsonText('{"a": 1}')}
     assert out[1].events[0].op is Op.TRUNCATE
 
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from golden_util import Case, check, params
+from zetl.jsonvalue import JsonText
 from zetl.events import UNCHANGED, Position, SequencePosition, TableId
 from zetl.schema.changes import AddColumn, AlterColumnType, DropColumn
 from zetl.schema.types import DataType, Field, Schema, T
@@ -61,7 +62,7 @@ def test_every_builtin_array_has_a_builtin_element() -> None:
         (T.timestamptz, "2024-01-02 03:04:05+00", dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)),
         (T.timestamptz, "2024-01-02 03:04:05.5+02:30", dt.datetime(2024, 1, 2, 0, 34, 5, 500000, tzinfo=dt.timezone.utc)),
         (T.uuid, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")),
-        (T.json, '{"a": [1, null]}', {"a": [1, None]}),
+        (T.json, '{"a": [1, null]}', JsonText('{"a": [1, null]}')),
         (T.list_(T.int32), "{1,NULL,3}", [1, None, 3]),
         (T.list_(T.string()), '{"a,b","c\\"d",NULL,"NULL",""}', ["a,b", 'c"d', None, "NULL", ""]),
         (T.list_(T.int32), "{{1,2},{3,4}}", [[1, 2], [3, 4]]),

@@ -45,6 +45,7 @@ from zetl.events import UNCHANGED, ChangeEvent, Op, RowChunk
 from zetl.filters.bind import BindError, bind
 from zetl.filters.config import FiltersConfig, TableFilterConfig
 from zetl.filters.expr import EvaluationError, Predicate, compile_expression
+from zetl.jsonvalue import JsonText, dump_json
 from zetl.schema.types import Field, Schema, T, TypeKind
 
 __all__ = ["TableFilter", "canonical_bytes", "mask_hash", "python_value"]
@@ -54,12 +55,13 @@ _log = logging.getLogger("zetl.filters")
 
 def python_value(value: Any, kind: TypeKind) -> Any:
     """A value read from an Arrow chunk (``to_pylist``) as the canonical Python value of its
-    column's kind. Chunks carry json as text (a plain string or Arrow's json extension) and uuid
-    as text or 16 bytes (Arrow's uuid extension); both layouts are accepted."""
+    column's kind. Chunks carry json as text (a plain string or Arrow's json extension), which
+    becomes ``JsonText`` (the same text, not parsed), and uuid as text or 16 bytes (Arrow's uuid
+    extension); both layouts are accepted."""
     if value is None:
         return None
-    if kind is TypeKind.JSON and isinstance(value, (str, bytes)):
-        return orjson.loads(value)
+    if kind is TypeKind.JSON and isinstance(value, (str, bytes)) and not isinstance(value, JsonText):
+        return JsonText(value.decode("utf-8") if isinstance(value, bytes) else value)
     if kind is TypeKind.UUID and not isinstance(value, uuid.UUID):
         return uuid.UUID(bytes=value) if isinstance(value, bytes) else uuid.UUID(str(value))
     return value
@@ -72,8 +74,8 @@ def canonical_bytes(value: Any) -> bytes:
         return value
     if isinstance(value, str):
         return value.encode()
-    if isinstance(value, (dict, list)):
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    if isinstance(value, (dict, list)):  # a decoded document (json as text is a str, above)
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=lambda v: orjson.Fragment(dump_json(v)))
     if isinstance(value, bool):
         return b"true" if value else b"false"
     return str(value).encode()

@@ -118,6 +118,16 @@ class FiltersConfig(_Model):
         pattern = self.pattern_for(table)
         return self.tables[pattern] if pattern is not None else None
 
+    def reads(self, table: object, column: str) -> bool:
+        """Whether the pipeline needs the values of ``column`` of ``table``: False only for a
+        column the table's column filter leaves out and its row filter does not name (the
+        ``zetl.plugin.ColumnSelector`` sources follow, so that excluded columns are never
+        decoded)."""
+        tc = self.for_table(table)
+        if tc is None or tc.columns.keeps(column):
+            return True
+        return tc.rows is not None and column in compile_expression(tc.rows).columns
+
     def pattern_for(self, table: object) -> str | None:
         """The first pattern of ``tables`` matching ``table``, or None."""
         for pattern in self.tables:

@@ -18,7 +18,8 @@ time           ``datetime.time`` (no time zone)
 timestamp      ``datetime.datetime`` without tzinfo
 timestamptz    ``datetime.datetime`` with tzinfo (UTC)
 uuid           ``uuid.UUID``
-json           the decoded document (dict, list, str, int, float, bool or None)
+json           ``zetl.jsonvalue.JsonText``: the JSON text as the source sent it (never parsed
+               on the way; sinks also accept a decoded document and write it as compact JSON)
 list           ``list`` of the element's Python type
 struct         ``dict`` keyed by field name
 =============  ===========================================================

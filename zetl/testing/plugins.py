@@ -37,7 +37,8 @@ from zetl.schema.changes import (
     SchemaChange,
 )
 from zetl.schema.planner import apply_change
-from zetl.schema.types import DataType, Field, Schema, T
+from zetl.jsonvalue import JsonText, as_json_text, dump_json
+from zetl.schema.types import DataType, Field, Schema, T, TypeKind
 from zetl.sink import Sink, SinkCapabilities, SinkConfig
 from zetl.source import Source, SourceConfig
 
@@ -85,7 +86,7 @@ def _row(i: int, version: int) -> dict[str, Any]:
         "name": f"item-{i}-v{version}",
         "amount": Decimal(i * 100 + version) / 100,
         "updated_at": _EPOCH + dt.timedelta(seconds=i * 10 + version),
-        "doc": {"tags": [f"t{i % 3}"], "v": version},
+        "doc": JsonText(dump_json({"tags": [f"t{i % 3}"], "v": version})),
     }
 
 
@@ -172,8 +173,6 @@ class MemorySource(Source[MemorySourceConfig]):
             while done < total and not self._closed.is_set():
                 upto = min(total, done + self.config.chunk_rows)
                 rows = [_row(i, 0) for i in range(done + 1, upto + 1)]
-                for r in rows:
-                    r["doc"] = orjson.dumps(r["doc"]).decode()
                 chunk = pa.Table.from_pylist(rows, schema=arrow)
                 end = SequencePosition("snapshot", upto) if upto < total else SequencePosition("stream", 0)
                 yield Batch(
@@ -246,6 +245,15 @@ class _TableStore:
         self.schema = schema
         self.rows: dict[tuple[Any, ...], dict[str, Any]] = {}
 
+    @property
+    def schema(self) -> Schema:
+        return self._schema
+
+    @schema.setter
+    def schema(self, schema: Schema) -> None:
+        self._schema = schema
+        self.json_columns = frozenset(f.name for f in schema.fields if f.type.kind is TypeKind.JSON)
+
     def key(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
         pk = self.schema.primary_key or self.schema.names
         return tuple(row.get(c) for c in pk)
@@ -261,7 +269,8 @@ class _TableStore:
             old = self.rows.get(key, {})
             row = {f.name: None for f in self.schema.fields}
             for name, value in after.items():
-                row[name] = old.get(name) if value is UNCHANGED else value
+                # json is kept as text (JsonText), as a sink stores it, whatever form it came in
+                row[name] = old.get(name) if value is UNCHANGED else as_json_text(value) if name in self.json_columns else value
             if event.op is Op.UPDATE and event.before is not None:
                 old_key = self.key(event.before)
                 if old_key != key:
@@ -442,6 +451,9 @@ class FileSink(Sink[FileSinkConfig]):
                     db.execute("DELETE FROM rows WHERE tbl = ? AND pk = ?", (str(event.table), pk))
                 else:
                     after = dict(event.after or {})
+                    for f in schema.fields:  # json is stored as its text (a JSON string in the row)
+                        if f.type.kind is TypeKind.JSON and f.name in after and after[f.name] is not UNCHANGED:
+                            after[f.name] = as_json_text(after[f.name])
                     if any(v is UNCHANGED for v in after.values()):
                         old = db.execute("SELECT row FROM rows WHERE tbl = ? AND pk = ?", (str(event.table), pk)).fetchone()
                         previous = orjson.loads(old[0]) if old else {}
