@@ -151,7 +151,14 @@ def lake(tmp_path: Path, table: TableId = TABLE) -> tuple[list[str] | None, dict
     return names, {int(r["id"]): r for r in read_rows(duckdb_connection(), location)}
 
 
-def wait_for(tmp_path: Path, daemon: Daemon | None, ok: Callable[[list[str] | None, dict[int, Row]], bool], what: str, table: TableId = TABLE) -> dict[int, Row]:
+def wait_for(
+    tmp_path: Path,
+    daemon: Daemon | None,
+    ok: Callable[[list[str] | None, dict[int, Row]], bool],
+    what: str,
+    table: TableId = TABLE,
+    explain: Callable[[dict[int, Row]], Any] = lambda rows: f"{len(rows)} rows",
+) -> dict[int, Row]:
     """Poll the lake until ``ok(columns, rows)``; fails at once when the daemon exited."""
     deadline = time.monotonic() + DEADLINE
     names: list[str] | None = None
@@ -167,7 +174,7 @@ def wait_for(tmp_path: Path, daemon: Daemon | None, ok: Callable[[list[str] | No
         if daemon is not None and not daemon.alive():
             raise AssertionError(f"zetl run exited ({daemon.proc.returncode}) before: {what}\n{daemon.log[-4000:]}")
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for: {what}; columns {names}; {len(rows)} rows\n{daemon.log[-4000:] if daemon else ''}")
+    raise AssertionError(f"timed out waiting for: {what}; columns {names}; {explain(rows)}\n{daemon.log[-4000:] if daemon else ''}")
 
 
 def source_rows(server: PostgresServer, database: str, table: str = "r") -> dict[int, Row]:
@@ -245,7 +252,6 @@ MATRIX = [
     ("rename-lenient-not-null", FaultPoint.SCHEMA_AFTER_APPLY, 2),
     ("rename-try_evolve", FaultPoint.SCHEMA_AFTER_APPLY, 2),
     ("drop-evolve", FaultPoint.SCHEMA_AFTER_APPLY, 2),
-    ("drop-lenient", FaultPoint.SCHEMA_AFTER_APPLY, 2),
     ("add-evolve", FaultPoint.SCHEMA_AFTER_APPLY, 2),
     ("add-lenient", FaultPoint.SCHEMA_AFTER_APPLY, 2),
     ("widen-evolve", FaultPoint.SCHEMA_AFTER_APPLY, 2),
@@ -310,7 +316,7 @@ def test_crash_around_a_schema_change_leaves_the_target_as_without_it(
     assert f"{FAULT_ENV}={fault} reached" in crashing.log
     # more rows change while zetl is down
     sql("UPDATE r SET n = n + 100 WHERE id BETWEEN 40 AND 60")
-    written_after = case.written_after | frozenset(range(40, 61))
+    written_after = case.written_after | frozenset(range(40, 61)) | {ROWS}  # ROWS: the last write below
     case = Case(case.name, case.behavior, case.ddl, case.expected, case.not_null_a, case.while_stopped, case.after_ddl, written_after)
 
     restarted = Daemon(config)
@@ -324,6 +330,7 @@ def test_crash_around_a_schema_change_leaves_the_target_as_without_it(
         restarted,
         lambda names, rows: names is not None and sorted(names) == columns and rows.get(ROWS) == expected[ROWS] and not differences(expected, rows),
         f"the target equal to the source after the restart ({case.name}, {fault})",
+        explain=lambda rows: differences(expected, rows),
     )
     assert not differences(expected, rows)
     restarted.stop()
@@ -376,7 +383,9 @@ def test_rename_under_updates_and_a_kill_right_after_it_loses_nothing(
     daemons.append(restarted)
     sql(f"UPDATE r SET n = n + 1 WHERE id = {ROWS}")
     source = source_rows(pg_server, pg_database)
-    rows = wait_for(tmp_path, restarted, lambda names, rows: rows == source, "the target equal to the source after the restart")
+    rows = wait_for(
+        tmp_path, restarted, lambda names, rows: rows == source, "the target equal to the source after the restart", explain=lambda rows: differences(source, rows)
+    )
     assert sum(1 for r in rows.values() if r["b"] is None) == 0
     restarted.stop()
     code, report = drift(config)
