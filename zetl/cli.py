@@ -425,6 +425,7 @@ def reset(target: str, state: str | None, drop_source_state: bool, yes: bool) ->
             f.unlink(missing_ok=True)
         store.reset(name)
         conn.execute("DELETE FROM schema_history WHERE integration = ?", (name,))
+        conn.execute("DELETE FROM schema_applies WHERE integration = ?", (name,))
         conn.execute("DELETE FROM status WHERE integration = ?", (name,))
         out.print(f"{name} reset; its next run starts over", markup=False)
     finally:

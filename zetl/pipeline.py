@@ -24,7 +24,9 @@ import logging
 import sqlite3
 import time
 import uuid
-from dataclasses import replace
+from collections import deque
+from dataclasses import dataclass, replace
+from enum import Enum
 from typing import Any, Mapping
 
 import orjson
@@ -34,14 +36,15 @@ from zetl.errors import CheckpointError, SchemaError
 from zetl.events import Batch, ChangeEvent, Op, Position, RowChunk, TableId
 from zetl.filters.apply import TableFilter, python_value
 from zetl.flatten import Flattener
+from zetl.faults import FaultPoint, fault_point
 from zetl.jsonvalue import as_json_text
-from zetl.schema.changes import CreateTable, SchemaChange, TruncateTable
+from zetl.schema.changes import CreateTable, RenameColumn, SchemaChange, TruncateTable
 from zetl.schema.planner import PlanStep, SchemaPlan, apply_change, plan
-from zetl.schema.types import Schema, TypeKind
+from zetl.schema.types import DataType, Field, Schema, TypeKind
 from zetl.sink import Sink
 from zetl.statedb import StateDB
 
-__all__ = ["SchemaHistory", "SchemaPipeline"]
+__all__ = ["ApplyState", "LedgerEntry", "SchemaHistory", "SchemaLedger", "SchemaPipeline"]
 
 
 class SchemaHistory:
@@ -94,6 +97,162 @@ class SchemaHistory:
         return [dict(zip(("at", "table", "change", "position", "decision", "reason"), r)) for r in rows]
 
 
+class ApplyState(str, Enum):
+    """How far a plan's changes got in the target (``SchemaLedger``)."""
+
+    PLANNED = "planned"
+    """Recorded before the first change was applied: the target holds none, some or all of them."""
+    APPLIED = "applied"
+    """Every change is in the target; ``after`` is the target's schema as the sink reported it."""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One plan applied (or being applied) to one table of the target."""
+
+    id: int
+    table: TableId
+    position: Position | None
+    """The source position of the batch whose schema the plan followed."""
+    changes: tuple[str, ...]
+    """The plan's changes, in order, as text (what a replay must plan again to match)."""
+    renames: tuple[tuple[str, str], ...]
+    """The column renames among them, (old, new) in order: how a column's values travel."""
+    before: Schema | None
+    """The target's schema before the first change (None: no table)."""
+    after: Schema | None
+    """The target's schema once every change is applied (as planned while ``state`` is planned)."""
+    state: ApplyState
+
+
+class SchemaLedger:
+    """The schema changes zetl applied to the target, keyed by the source position they follow.
+
+    Why: the target's schema moves at once when a change is applied, the checkpoint only when the
+    next rows are durable. After a crash in between, the source replays from the checkpoint and
+    describes its tables as they were *before* the change, while the target already has it.
+    Planning by comparing those two schemas would invert the change (a rename would become the
+    drop of the renamed column and the add of an empty one). The ledger tells the pipeline what
+    the target looked like at the checkpoint, so that the replay plans exactly the changes the
+    first run planned and recognises them as applied instead.
+
+    Guarantees: an entry is written (``planned``) before the first change reaches the sink and
+    marked ``applied`` after the last one; ``ahead_of(p)`` returns, per table and in order, the
+    entries at positions after ``p`` and forgets the older ones (the checkpoint covers them).
+    """
+
+    def __init__(self, db: StateDB | None, integration: str) -> None:
+        self.db = db
+        self.integration = integration
+
+    def planned(self, table: TableId, position: Position | None, changes: list[SchemaChange], before: Schema | None, expected: Schema | None) -> int | None:
+        """Record a plan about to be applied; returns its id (None without a state file)."""
+        if self.db is None:
+            return None
+        renames = [[c.old_name, c.new_name] for c in changes if isinstance(c, RenameColumn)]
+        try:
+            cursor = self.db.connect().execute(
+                "INSERT INTO schema_applies (integration, at, table_id, position, changes, renames, before, after, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.integration,
+                    time.time(),
+                    orjson.dumps([table.namespace, table.name]).decode(),
+                    orjson.dumps(position.to_json()).decode() if position is not None else None,
+                    orjson.dumps([str(c) for c in changes]).decode(),
+                    orjson.dumps(renames).decode(),
+                    _schema_json(before),
+                    _schema_json(expected),
+                    ApplyState.PLANNED.value,
+                ),
+            )
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"cannot record the schema changes of {table} in the state file {self.db.path}: {exc}", retryable=True) from exc
+        return cursor.lastrowid
+
+    def applied(self, entry_id: int | None, after: Schema | None) -> None:
+        """Mark an entry applied, with the target's schema as the sink now reports it."""
+        if self.db is None or entry_id is None:
+            return
+        try:
+            self.db.connect().execute(
+                "UPDATE schema_applies SET state = ?, after = ? WHERE id = ?", (ApplyState.APPLIED.value, _schema_json(after), entry_id)
+            )
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"cannot record an applied schema change in the state file {self.db.path}: {exc}", retryable=True) from exc
+
+    def ahead_of(self, checkpoint: Position | None) -> dict[TableId, list[LedgerEntry]]:
+        """The entries at positions after ``checkpoint``, per table, oldest first; older ones
+        (and those of another position kind, or without a position) are removed. Nothing is
+        ahead of a start from the beginning (None): the tables are copied again."""
+        if self.db is None or checkpoint is None:
+            return {}
+        conn = self.db.connect()
+        rows = conn.execute(
+            "SELECT id, table_id, position, changes, renames, before, after, state FROM schema_applies WHERE integration = ? ORDER BY id",
+            (self.integration,),
+        ).fetchall()
+        ahead: dict[TableId, list[LedgerEntry]] = {}
+        covered: list[int] = []
+        for entry_id, table_json, position_json, changes, renames, before, after, state in rows:
+            position = _position(position_json)
+            try:
+                is_ahead = position is not None and position > checkpoint
+            except TypeError:  # another kind: the source type changed, the entry says nothing
+                is_ahead = False
+            if not is_ahead:
+                covered.append(entry_id)
+                continue
+            namespace, name = orjson.loads(table_json)
+            table = TableId(namespace, name)
+            ahead.setdefault(table, []).append(
+                LedgerEntry(
+                    entry_id,
+                    table,
+                    position,
+                    tuple(orjson.loads(changes)),
+                    tuple((old, new) for old, new in orjson.loads(renames)),
+                    _schema_from_json(table, before),
+                    _schema_from_json(table, after),
+                    ApplyState(state),
+                )
+            )
+        if covered:
+            try:
+                conn.executemany("DELETE FROM schema_applies WHERE id = ?", [(i,) for i in covered])
+            except sqlite3.Error as exc:  # kept for the next start; nothing depends on the removal
+                logging.getLogger("zetl.pipeline").warning("cannot remove covered schema changes from %s: %s", self.db.path, exc)
+        return ahead
+
+
+def _position(text: str | None) -> Position | None:
+    if text is None:
+        return None
+    try:
+        return Position.from_json(orjson.loads(text))
+    except ValueError:  # a position kind no installed source knows
+        return None
+
+
+def _schema_json(schema: Schema | None) -> str | None:
+    if schema is None:
+        return None
+    fields = [
+        {"name": f.name, "type": str(f.type), "nullable": f.nullable, "primary_key": f.primary_key, "source_type": f.source_type, "doc": f.doc}
+        for f in schema.fields
+    ]
+    return orjson.dumps({"fields": fields, "primary_key": list(schema.primary_key), "version": schema.version}).decode()
+
+
+def _schema_from_json(table: TableId, text: str | None) -> Schema | None:
+    if text is None:
+        return None
+    data = orjson.loads(text)
+    fields = tuple(
+        Field(f["name"], DataType.parse(f["type"]), f["nullable"], f["primary_key"], f.get("source_type"), f.get("doc")) for f in data["fields"]
+    )
+    return Schema(table, fields, tuple(data["primary_key"]), int(data.get("version", 0)))
+
+
 def _applied(step: PlanStep) -> str:
     if step.changes and (len(step.changes) > 1 or step.changes[0] != step.detected):
         return "; applied: " + "; ".join(str(c) for c in step.changes)
@@ -103,10 +262,26 @@ def _applied(step: PlanStep) -> str:
 class SchemaPipeline:
     """Applies schema changes through the planner and reshapes rows to the sink's columns."""
 
-    def __init__(self, config: IntegrationConfig, sink: Sink, history: SchemaHistory | None = None, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        config: IntegrationConfig,
+        sink: Sink,
+        history: SchemaHistory | None = None,
+        logger: logging.Logger | None = None,
+        ledger: SchemaLedger | None = None,
+    ) -> None:
         self.config = config
         self.sink = sink
         self.history = history
+        self.ledger = ledger
+        # Replaying over schema changes the target already has (see SchemaLedger): per table, the
+        # ledger entries still ahead of the stream, and the target's schema as the stream expects
+        # it at this point (what plans are made against; ``target_schemas`` stays the real one).
+        self._replay: dict[TableId, deque[LedgerEntry]] = {}
+        self._replay_target: dict[TableId, Schema | None] = {}
+        self.unsaved_schema_changes = False
+        """True once a schema change was applied (or recognised as applied) since the runner
+        last cleared it on a checkpoint save."""
         self.log = logger or logging.getLogger("zetl.pipeline")
         self.source_schemas: dict[TableId, Schema] = {}
         self.target_schemas: dict[TableId, Schema | None] = {}
@@ -123,6 +298,13 @@ class SchemaPipeline:
 
     # -- schemas --------------------------------------------------------------------------
     def _sink_schema(self, table: TableId) -> Schema | None:
+        """The target's schema as the stream expects it at this point: the real one, unless the
+        stream replays over changes the target already has (then the one before them)."""
+        if table in self._replay:
+            return self._replay_target[table]
+        return self._real_schema(table)
+
+    def _real_schema(self, table: TableId) -> Schema | None:
         if table not in self.target_schemas:
             self.target_schemas[table] = self.sink.current_schema(table)
         return self.target_schemas[table]
@@ -161,10 +343,83 @@ class SchemaPipeline:
         policy = self.config.schema_evolution.for_table(table)
         return plan(self.effective_schema(table), self._sink_schema(table), policy, can_apply=self.sink.can_apply, hints=hints)
 
+    def _load_replay(self, checkpoint: Position | None) -> None:
+        """Find the tables whose target is ahead of ``checkpoint`` (changes applied after it)."""
+        if self.ledger is None:
+            return
+        for table, entries in self.ledger.ahead_of(checkpoint).items():
+            self._replay[table] = deque(entries)
+            self._replay_target[table] = entries[0].before
+            self._real_schema(table)
+            self.log.info(
+                "table %s: the target has %d schema change(s) made after the checkpoint (%s); the stream replays up to them "
+                "and they are recognised, not planned again from the older schema",
+                table,
+                len(entries),
+                "; ".join(c for e in entries for c in e.changes),
+            )
+
+    def _leave_replay(self, table: TableId) -> None:
+        self._replay.pop(table, None)
+        self._replay_target.pop(table, None)
+
+    def _replayed_entry(self, table: TableId, result: SchemaPlan, hints: tuple[SchemaChange, ...]) -> tuple[SchemaPlan, LedgerEntry | None]:
+        """The ledger entry ``result`` replays (None: it replays none), and the plan to follow.
+
+        A plan that asks for exactly the changes of the table's next entry replays it. A plan
+        that asks for others means the source's history reads differently now (it changed
+        again, or its state was lost): the replay is given up and the table planned against
+        the target as it is, with a warning."""
+        entries = self._replay.get(table)
+        if not entries or not result.changes:
+            return result, None
+        entry = entries[0]
+        if tuple(str(c) for c in result.changes) == entry.changes:
+            return result, entry
+        self.log.warning(
+            "table %s: the replayed schema changes (%s) differ from those applied to the target before the restart (%s); "
+            "planning against the target as it is now (`zetl drift` shows the outcome)",
+            table,
+            "; ".join(str(c) for c in result.changes),
+            "; ".join(entry.changes),
+        )
+        self._leave_replay(table)
+        return self.plan_table(table, hints), None
+
+    def _apply_plan(self, table: TableId, result: SchemaPlan, position: Position | None, entry: LedgerEntry | None) -> bool:
+        """Apply the plan's changes (recorded in the ledger around them); returns whether the
+        sink was asked to change anything. The changes of an entry already applied are not
+        applied again; those of an entry only planned (a crash before or during its apply) are
+        applied, every sink's ``apply`` being idempotent."""
+        changes = result.changes
+        if not changes:
+            return False
+        self.unsaved_schema_changes = True
+        if entry is not None and entry.state is ApplyState.APPLIED:
+            for change in changes:
+                self.log.info("schema: %s was applied to the target before the restart; not applied again", change)
+            return False
+        entry_id = entry.id if entry is not None else None
+        if entry_id is None and self.ledger is not None:
+            entry_id = self.ledger.planned(table, position, changes, self._real_schema(table), result.target)
+        fault_point(FaultPoint.SCHEMA_BEFORE_APPLY)
+        for i, change in enumerate(changes):
+            self.log.info("schema: %s", change)
+            self.sink.apply(change)
+            self.schema_changes_applied += 1
+            if i == 0 and len(changes) > 1:
+                fault_point(FaultPoint.SCHEMA_BETWEEN_CHANGES)
+        self.target_schemas[table] = self.sink.current_schema(table)
+        if self.ledger is not None:
+            self.ledger.applied(entry_id, self.target_schemas[table])
+        fault_point(FaultPoint.SCHEMA_AFTER_APPLY)
+        return True
+
     def _plan_and_apply(self, table: TableId, hints: tuple[SchemaChange, ...], position: Position | None) -> None:
-        if self.effective_schema(table) is None and self._sink_schema(table) is None:
+        if self.effective_schema(table) is None and self._sink_schema(table) is None and self._real_schema(table) is None:
             return
         result = self.plan_table(table, hints)
+        result, entry = self._replayed_entry(table, result, hints)
         if self.history is not None:
             for step in result.steps:
                 # A skip repeats on every start while the difference stays (a column kept by a
@@ -172,15 +427,22 @@ class SchemaPipeline:
                 if step.decision != "skip" or hints or not self.history.has(table, str(step.detected), "skip"):
                     self.history.record_step(table, step, position)
         result.raise_for_failures()
-        for change in result.changes:
-            self.log.info("schema: %s", change)
-            self.sink.apply(change)
-            self.schema_changes_applied += 1
+        replaying = table in self._replay
+        applied = self._apply_plan(table, result, position, entry)
         for step in result.steps:
             if step.decision == "skip" and (hints or f"{table}:{step.detected}" not in self._warned):
                 self._warned.add(f"{table}:{step.detected}")
                 self.log.warning("schema: %s skipped: %s", step.detected, step.reason)
-        self.target_schemas[table] = self.sink.current_schema(table) if result.changes else result.target
+        if entry is not None:
+            entries = self._replay[table]
+            entries.popleft()
+            if entries:
+                self._replay_target[table] = entry.after
+            else:
+                self._leave_replay(table)
+                self.log.info("table %s: the stream has replayed every schema change the target had; planning goes on as usual", table)
+        if not applied and not replaying:
+            self.target_schemas[table] = result.target
         self.column_maps[table] = self._column_map(table, result)
         if hints and self.history is not None and self.target_schemas[table] is not None:
             # Record what the policy keeps from now on (e.g. the old column of a lenient
@@ -200,6 +462,17 @@ class SchemaPipeline:
     def _column_map(self, table: TableId, result: SchemaPlan) -> dict[str, str | None]:
         source, target = self.effective_schema(table), self.target_schemas.get(table)
         mapping = dict(result.column_map)
+        entries = self._replay.get(table)
+        if entries and source is not None:
+            # The plan speaks of the target as the stream expects it; the rows go to the real
+            # one, where the columns renamed by the entries still ahead have their new names.
+            for f in source.fields:
+                name = mapping.get(f.name, f.name)
+                for entry in entries:
+                    for old, new in entry.renames:
+                        if name == old:
+                            name = new
+                mapping[f.name] = name if name is not None and (target is None or name in target) else None
         if source is not None and target is not None:
             for f in source.fields:
                 if f.name not in target and f.name not in mapping:
@@ -207,7 +480,10 @@ class SchemaPipeline:
         return {k: v for k, v in mapping.items() if v != k}
 
     def prepare(self, schemas: list[Schema], position: Position | None = None) -> None:
-        """Bring the sink in line with the discovered source schemas before reading."""
+        """Bring the sink in line with the discovered source schemas before reading, from the
+        checkpoint ``position``: tables whose target holds schema changes made after it are
+        planned against their schema at the checkpoint (see ``SchemaLedger``)."""
+        self._load_replay(position)
         for schema in schemas:
             self.set_source_schema(schema)
             self._plan_and_apply(schema.table, (), position)

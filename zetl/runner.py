@@ -36,7 +36,8 @@ from zetl.checkpoints import CheckpointStore, SQLiteCheckpointStore
 from zetl.config.load import Integration
 from zetl.errors import NeedsAttentionError, ZetlError
 from zetl.events import Batch, Position, TableId
-from zetl.pipeline import SchemaHistory, SchemaPipeline
+from zetl.faults import FaultPoint, fault_point
+from zetl.pipeline import SchemaHistory, SchemaLedger, SchemaPipeline
 from zetl.plugin import PluginContext
 from zetl.sink import Sink
 from zetl.source import Source
@@ -133,6 +134,7 @@ class IntegrationRunner:
         self.checkpoints = checkpoints or SQLiteCheckpointStore(self.state_db)
         self.status_store = StatusStore(self.state_db)
         self.history = SchemaHistory(self.state_db, self.name)
+        self.ledger = SchemaLedger(self.state_db, self.name)
         self.status = IntegrationStatus(self.name, state_file=str(self.location.path))
         self._state_write_error: str | None = None
         self._progress_cb = progress
@@ -141,6 +143,7 @@ class IntegrationRunner:
         self._source: Source | None = None
         self._sink: Sink | None = None
         self._last_durable: Position | None = None
+        self._pipeline: SchemaPipeline | None = None
 
     def acquire_lock(self) -> None:
         """Take the integration's lock (``IntegrationLockedError`` names the holder)."""
@@ -314,7 +317,8 @@ class IntegrationRunner:
             start = self._start_position(sink)
             self._last_durable = start
             self.log.info("starting from %s", start if start is not None else "the beginning")
-            pipeline = SchemaPipeline(self.config, sink, self.history, self.log)
+            pipeline = SchemaPipeline(self.config, sink, self.history, self.log, self.ledger)
+            self._pipeline = pipeline
             pipeline.prepare(source.discover(), start)
             q: queue.Queue[Any] = queue.Queue(maxsize=self.config.batching.queue_size)
             reader = threading.Thread(target=self._read, args=(source, start, q, reader_stop), name=f"zetl-read-{self.name}", daemon=True)
@@ -327,6 +331,7 @@ class IntegrationRunner:
                 reader.join(timeout=10)
             self._save_status(force=True)
             self._source = self._sink = None
+            self._pipeline = None
 
     def _claim_epoch(self, sink: Sink, context: PluginContext) -> None:
         stored = sink.stored_epoch() if sink.capabilities.stores_checkpoint else None
@@ -447,7 +452,13 @@ class IntegrationRunner:
         if self._last_durable is not None and position.kind == self._last_durable.kind and position <= self._last_durable:
             return  # nothing new: a checkpoint never moves backwards
         self._last_durable = position
+        durable = getattr(source, "durable", None)  # a duck-typed source may not have it
+        if durable is not None:
+            durable(position)  # the source's own shape records first: never behind the checkpoint
         self.checkpoints.save(self.name, position)
+        if self._pipeline is not None and self._pipeline.unsaved_schema_changes:
+            self._pipeline.unsaved_schema_changes = False
+            fault_point(FaultPoint.SCHEMA_AFTER_CHECKPOINT)
         self.status.position = str(position)
         try:
             source.ack(position)

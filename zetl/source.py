@@ -68,6 +68,15 @@ class Source(ABC, Generic[C]):
               stop promptly and heartbeats can advance the position.
         """
 
+    def durable(self, position: Position) -> None:
+        """Everything up to ``position`` is durable in the sink; called before the checkpoint at
+        ``position`` is saved (``ack`` follows the save). May be called from another thread.
+
+        For what the source keeps in its own files about the shape of its tables (Postgres column
+        identities): it must never be ahead of the sink, nor behind the checkpoint, or a restart
+        would describe the tables as they were before changes the target already has.
+        """
+
     def ack(self, position: Position) -> None:
         """Everything up to ``position`` is durable in the sink. May be called from another thread.
 

@@ -1,5 +1,6 @@
 """The local state file: one SQLite database holding checkpoints, integration status, the schema
-history and the writer epochs. WAL mode, so ``zetl status`` can read while the daemon writes;
+history, the schema changes applied to the target (``zetl.pipeline.SchemaLedger``) and the writer
+epochs. WAL mode, so ``zetl status`` can read while the daemon writes;
 ``close`` folds the write-ahead log back into the file, so after a clean stop ``state.db`` alone
 is complete (a copy of it is a full backup)."""
 
@@ -45,6 +46,18 @@ CREATE TABLE IF NOT EXISTS schema_history (
     position    TEXT,
     decision    TEXT NOT NULL,
     reason      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schema_applies (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    integration TEXT NOT NULL,
+    at          REAL NOT NULL,
+    table_id    TEXT NOT NULL,
+    position    TEXT,
+    changes     TEXT NOT NULL,
+    renames     TEXT NOT NULL,
+    before      TEXT,
+    after       TEXT,
+    state       TEXT NOT NULL
 );
 """
 

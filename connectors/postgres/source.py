@@ -994,6 +994,12 @@ class PostgresSource(Source[PostgresConfig]):
         return lead
 
     # -- acknowledgements and status -------------------------------------------------------
+    def durable(self, position: Position) -> None:
+        """The column state follows the sink before the checkpoint does: a restart after the
+        checkpoint never reports a rename the target already has."""
+        if isinstance(position, PostgresPosition):
+            self._save_shapes(position)
+
     def ack(self, position: Position) -> None:
         if not isinstance(position, PostgresPosition):
             return
