@@ -13,6 +13,7 @@ collapsed, big integers became doubles, and ``1e400`` stopped the integration fo
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -87,7 +88,12 @@ def _iceberg_rows(tmp_path: Path, integration: str, table: TableId) -> dict[int,
 
 def _file_rows(tmp_path: Path, table: TableId) -> dict[int, dict[str, Any]]:
     path = tmp_path / "out.db"
-    return {int(r["id"]): r for r in FileSink.read_rows(path, table)} if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return {int(r["id"]): r for r in FileSink.read_rows(path, table)}
+    except sqlite3.OperationalError:  # the sink created the file but not yet its tables
+        return {}
 
 
 class _Runs:
